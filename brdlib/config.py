@@ -257,6 +257,61 @@ class TrainConfig(_Strict):
     )
 
 
+class EvalConfig(_Strict):
+    """brdlib.evaluate (notebooks 04-06): how task examples are scored and reported."""
+
+    rule: Literal["mean", "sum"] = Field(default="mean", description="candidate choice: mean (paper §3.3) or sum")
+    batch_size: int = Field(default=8, gt=0, description="examples per scoring batch (their candidates ride along)")
+    bootstrap_samples: int = Field(default=1000, gt=0, description="resamples for each accuracy's interval")
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="level of the bootstrap interval")
+    large_model_max_examples: int | None = Field(
+        default=None, gt=0, description="examples per task for models above 1B parameters (null: as the others)"
+    )
+
+
+class ProtocolsConfig(_Strict):
+    """Students trained beyond BRD and FURTHER: ablations, relaxed and supervised protocols (notebooks 04-06, 09)."""
+
+    ablation_max_steps: int | None = Field(
+        default=None, gt=0, description="steps of ablation/second-teacher/data-size students; null: train.max_steps"
+    )
+    task_max_steps: int | None = Field(
+        default=None, gt=0, description="steps of BRD2, FBRD, TaskDistillation, SFT, BRD2-SFT; null: train.max_steps"
+    )
+    task_train_examples: int | None = Field(
+        default=None, gt=0, description="training inputs per task for the relaxed/supervised protocols; null: all"
+    )
+    relaxed_tasks: list[str] | None = Field(
+        default=None, description="tasks of the relaxed/supervised protocols; null: data.tasks with the reduced BIG-bench set"
+    )
+    second_teacher_sentences: int | None = Field(
+        default=None, gt=0, description="corpus sentences annotated by the second teacher (Table 6); null: all"
+    )
+
+
+class KDConfig(_Strict):
+    """brdlib.kd: token-level KD baselines (Table 4) on a teacher and student that share a vocabulary."""
+
+    teacher: str = Field(default="teacher", description="role (or model spec) of the KD teacher")
+    student: str = Field(default="student", description="role (or model spec) of the KD student")
+    max_steps: int = Field(default=100, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    max_length: int = Field(default=512, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
+
+
+class AnalysisConfig(_Strict):
+    """brdlib.analysis (notebooks 07-09): cross-entropy, probing, data-size curve."""
+
+    cross_entropy_average: Literal["arithmetic", "geometric"] = Field(
+        default="arithmetic", description="how each model's per-token probabilities become a sequence probability"
+    )
+    cross_entropy_max_examples: int | None = Field(default=1000, gt=0, description="instances per task (paper: 1K)")
+    probing_max_train: int | None = Field(default=None, gt=0, description="training inputs per task for the probes")
+    probing_c_grid: list[float] = Field(default=[0.01, 0.1, 1.0, 10.0], min_length=1)
+
+
 class Config(_Strict):
     """One study profile: models, data, teacher decoding, training, outputs and hardware."""
 
@@ -274,6 +329,10 @@ class Config(_Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     passages: PassagesConfig = Field(default_factory=PassagesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    protocols: ProtocolsConfig = Field(default_factory=ProtocolsConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
     # Output locations -------------------------------------------------------------------------
     def _root(self) -> Path:

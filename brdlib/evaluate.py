@@ -1,0 +1,319 @@
+"""Zero-shot multiple-choice evaluation of named models on the profile's tasks (paper §3.3, Tables 3-12).
+
+    from brdlib.evaluate import evaluate_models, accuracy_table
+    preds = evaluate_models(cfg, {"student_base": "student", "brd": "brd"})   # role -> model reference
+    acc = accuracy_table(cfg, preds)        # tidy: role, task, value (%), n, ci_low, ci_high
+
+A *model reference* is a profile role (``teacher``, ``student``, a key of ``models.extra``), the name of a
+student trained in this profile (``brd``, ``further``, ... under ``data/<profile>/students/``), or any model spec.
+Scores are cached in ``data/<profile>/eval/scores.sqlite`` keyed by the weights' fingerprint, so re-running a
+notebook rescores nothing unchanged; per-example predictions are kept in ``data/<profile>/eval/predictions/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from brdlib.config import Config
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+BIGBENCH_AVG = "bigbench_avg"
+"""Task name of the BIG-bench average (the paper's BIG-bench-Avg column), as in ``brdlib/paper_reference``."""
+TABLE_TASKS = ("xnli", "rte", "cb", "pawsx", "boolq", "sst2", BIGBENCH_AVG)
+"""The paper's columns of Table 3, in its order; the paper's Average is their plain mean."""
+
+
+class EvaluateError(ValueError):
+    """A model reference or task that cannot be evaluated (named, with what is accepted)."""
+
+
+# Model references ----------------------------------------------------------------------------------------------
+
+
+def resolve_model(cfg: Config, ref: str) -> str:
+    """The model spec or directory of ``ref``: a profile role, a trained student's name, or a spec as is."""
+    from brdlib.models import resolve_spec
+    from brdlib.train import is_trained, student_dir
+
+    roles = cfg.models.roles()
+    if ref in roles:
+        return roles[ref]
+    if is_trained(cfg, ref):
+        return str(student_dir(cfg, ref))
+    try:
+        resolve_spec(ref)
+    except ValueError as err:
+        trained = sorted(p.parent.name for p in (cfg.data_dir / "students").glob("*/*.json")) if (
+            cfg.data_dir / "students").is_dir() else []
+        raise EvaluateError(
+            f"model {ref!r} is not a role of profile {cfg.profile!r} ({', '.join(roles)}), not a trained student "
+            f"({', '.join(sorted(set(trained))) or 'none yet'}) and not a model spec: {err}"
+        ) from None
+    return ref
+
+
+def is_large(n_params: int) -> bool:
+    """Models above 1B parameters score ``eval.large_model_max_examples`` examples per task when that is set."""
+    return n_params > 1_000_000_000
+
+
+# Scoring ---------------------------------------------------------------------------------------------------------
+
+
+def eval_dir(cfg: Config) -> Path:
+    return cfg.data_dir / "eval"
+
+
+def load_task_examples(cfg: Config, tasks: Sequence[str], split: str = "test",
+                       max_examples: int | None = None) -> dict[str, list[Any]]:
+    """Each task's examples of ``split`` (profile-subsampled), cut to ``max_examples`` (a stratified prefix)."""
+    from brdlib.tasks import gold_label, load_examples, stratified_sample
+
+    out = {}
+    for task in tasks:
+        examples = load_examples(cfg, task, split)
+        if max_examples is not None and len(examples) > max_examples:
+            examples = stratified_sample(examples, max_examples, cfg.data.split_seed, gold_label)
+        out[task] = examples
+    return out
+
+
+def predictions_frame(role: str, examples: Sequence[Any], scores: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    """One row per example: gold, the mean-rule and sum-rule choices, and each candidate's scores."""
+    import pandas as pd
+
+    from brdlib.scoring import predict
+
+    rows = []
+    for ex, cand in zip(examples, scores, strict=True):
+        rows.append({
+            "role": role, "task": ex.task, "example_id": ex.example_id, "split": ex.split,
+            "n_candidates": len(ex.candidates), "gold": ex.gold,
+            "pred_mean": predict(cand, "mean"), "pred_sum": predict(cand, "sum"),
+            "mean_logprobs": [s.mean_logprob for s in cand], "sum_logprobs": [s.sum_logprob for s in cand],
+            "n_tokens": [s.n_tokens for s in cand],
+        })
+    frame = pd.DataFrame(rows)
+    frame["correct_mean"] = frame["pred_mean"] == frame["gold"]
+    frame["correct_sum"] = frame["pred_sum"] == frame["gold"]
+    return frame
+
+
+def evaluate_model(
+    cfg: Config,
+    ref: str,
+    role: str | None = None,
+    tasks: Sequence[str] | None = None,
+    split: str = "test",
+    *,
+    max_examples: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score every example of ``tasks`` (default: the profile's) with model ``ref``; per-example predictions.
+
+    ``role`` names the row in tables (default: ``ref``). Models above 1B parameters are cut to
+    ``eval.large_model_max_examples`` per task when that is set (the caption says so via the ``n`` column).
+    """
+    import pandas as pd
+    import torch
+
+    from brdlib.models import load_model
+    from brdlib.scoring import ScoreCache, score_examples
+    from brdlib.tasks import task_names
+
+    role = role or ref
+    tasks = list(tasks) if tasks is not None else task_names(cfg)
+    spec = resolve_model(cfg, ref)
+    loaded = load_model(spec, device=cfg.resolved_device(), dtype=_scoring_dtype(cfg))
+    limit = max_examples
+    if limit is None and is_large(loaded.n_params):
+        limit = cfg.eval.large_model_max_examples
+    by_task = load_task_examples(cfg, tasks, split, limit)
+    cache = ScoreCache(eval_dir(cfg) / "scores.sqlite")
+    frames = []
+    try:
+        with torch.inference_mode():
+            for task, examples in by_task.items():
+                scores = score_examples(loaded.model, loaded.tokenizer, examples, cache=cache,
+                                        batch_size=cfg.eval.batch_size, progress=progress)
+                frames.append(predictions_frame(role, examples, scores))
+    finally:
+        cache.close()
+    out = pd.concat(frames, ignore_index=True) if frames else predictions_frame(role, [], [])
+    out["model"] = spec
+    out["n_params"] = loaded.n_params
+    del loaded
+    return out
+
+
+def _scoring_dtype(cfg: Config) -> str:
+    """fp32 on CPU (exact, and bf16 matmuls are slow there); the profile's dtype on GPU."""
+    return "float32" if cfg.resolved_device() == "cpu" else cfg.resolved_dtype()
+
+
+def evaluate_models(
+    cfg: Config,
+    models: Mapping[str, str],
+    tasks: Sequence[str] | None = None,
+    split: str = "test",
+    *,
+    max_examples: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """:func:`evaluate_model` for each ``role -> model reference``; predictions of all, stacked.
+
+    A model that is missing (a student not trained on this profile) fails with its name; pass only what exists.
+    """
+    import pandas as pd
+
+    frames = [evaluate_model(cfg, ref, role, tasks, split, max_examples=max_examples, progress=progress)
+              for role, ref in models.items()]
+    predictions = pd.concat(frames, ignore_index=True)
+    save_predictions(cfg, predictions, split)
+    return predictions
+
+
+def save_predictions(cfg: Config, predictions: pd.DataFrame, split: str = "test") -> list[Path]:
+    """Per-example predictions, one Parquet file per role, under ``data/<profile>/eval/predictions/<split>/``."""
+    folder = eval_dir(cfg) / "predictions" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for role, frame in predictions.groupby("role", sort=False):
+        path = folder / f"{role}.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def load_predictions(cfg: Config, roles: Sequence[str] | None = None, split: str = "test") -> pd.DataFrame:
+    """Predictions saved by earlier notebooks (all roles, or ``roles``; a missing one fails with the present ones)."""
+    import pandas as pd
+
+    folder = eval_dir(cfg) / "predictions" / split
+    present = sorted(p.stem for p in folder.glob("*.parquet")) if folder.is_dir() else []
+    wanted = list(roles) if roles is not None else present
+    missing = [r for r in wanted if r not in present]
+    if missing:
+        raise EvaluateError(f"no saved predictions for {', '.join(missing)} on split {split!r} of profile "
+                            f"{cfg.profile!r}; present: {', '.join(present) or 'none'} (run notebooks 04-06 first)")
+    if not wanted:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(folder / f"{r}.parquet") for r in wanted], ignore_index=True)
+
+
+# Accuracy with bootstrap intervals -------------------------------------------------------------------------------
+
+
+def bootstrap_ci(correct: Sequence[bool] | np.ndarray, samples: int = 1000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``correct`` (resampling examples), in [0, 1]."""
+    values = np.asarray(correct, dtype=float)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def bootstrap_ci_of_task_mean(groups: Sequence[np.ndarray], samples: int = 1000, confidence: float = 0.95,
+                              seed: int = 0) -> tuple[float, float]:
+    """Interval of a mean of per-task accuracies (BIG-bench-Avg): examples resampled within each task."""
+    if not groups:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    per_task = np.stack([np.asarray(g, dtype=float)[rng.integers(0, len(g), size=(samples, len(g)))].mean(axis=1)
+                         for g in groups])
+    means = per_task.mean(axis=0)
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def table_task(task: str) -> str:
+    """The paper's column a task belongs to: BIG-bench tasks go to ``bigbench_avg``."""
+    return BIGBENCH_AVG if task.startswith("bigbench:") else task
+
+
+def accuracy_table(cfg: Config, predictions: pd.DataFrame, rule: str | None = None,
+                   bigbench_average: bool = True) -> pd.DataFrame:
+    """Tidy accuracies in percent: ``role, task, value, n, ci_low, ci_high`` (95% bootstrap by default).
+
+    Per task; with ``bigbench_average``, BIG-bench tasks are also averaged into ``bigbench_avg`` (mean of the
+    per-task accuracies, as the paper's BIG-bench-Avg; ``n`` counts its examples, ``n_tasks`` its tasks).
+    """
+    import pandas as pd
+
+    rule = rule or cfg.eval.rule
+    if rule not in ("mean", "sum"):
+        raise EvaluateError(f"unknown scoring rule {rule!r}; accepted: 'mean', 'sum'")
+    column = f"correct_{rule}"
+    samples, level = cfg.eval.bootstrap_samples, cfg.eval.confidence
+    rows = []
+    for role, by_role in predictions.groupby("role", sort=False):
+        bb_groups = []
+        for task, frame in by_role.groupby("task", sort=False):
+            correct = frame[column].to_numpy(dtype=bool)
+            low, high = bootstrap_ci(correct, samples, level, cfg.seed)
+            rows.append({"role": role, "task": task, "value": 100 * correct.mean(), "n": len(correct),
+                         "n_tasks": 1, "ci_low": 100 * low, "ci_high": 100 * high})
+            if task.startswith("bigbench:"):
+                bb_groups.append(correct)
+        if bigbench_average and bb_groups:
+            low, high = bootstrap_ci_of_task_mean(bb_groups, samples, level, cfg.seed)
+            rows.append({"role": role, "task": BIGBENCH_AVG, "value": 100 * float(np.mean([g.mean() for g in bb_groups])),
+                         "n": int(sum(len(g) for g in bb_groups)), "n_tasks": len(bb_groups),
+                         "ci_low": 100 * low, "ci_high": 100 * high})
+    return pd.DataFrame(rows, columns=["role", "task", "value", "n", "n_tasks", "ci_low", "ci_high"])
+
+
+def paper_columns(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Only the paper's Table 3 columns (the six tasks and ``bigbench_avg``), in the paper's order."""
+    keep = accuracy[accuracy["task"].isin(TABLE_TASKS)].copy()
+    keep["_order"] = keep["task"].map({t: i for i, t in enumerate(TABLE_TASKS)})
+    return keep.sort_values(["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def results_table(cfg: Config, accuracy: pd.DataFrame, table: str, *, decimals: int = 1,
+                  **where: str) -> pd.DataFrame:
+    """Ours beside the paper's ``table`` (``where`` picks its rows, e.g. ``setting='blind'``), with the
+    Average over the paper's columns, and per cell of ours its 95% interval and ``n``.
+
+    The wide table has per task ``<task>: ours (<profile>)``, ``<task>: 95% CI``, ``<task>: n``, ``<task>: paper``
+    and ``<task>: delta``; rows are the paper's roles, then ours it lacks.
+    """
+    from brdlib.report import compare_with_paper, paper_rows, with_average
+
+    paper = paper_rows(table, **where)
+    tasks = [t for t in dict.fromkeys(paper["task"]) if t != "average"]
+    ours = accuracy[accuracy["task"].isin(tasks)]
+    ours = with_average(ours[["role", "task", "value"]], tasks)
+    wide = compare_with_paper(ours, table, cfg.profile, decimals=decimals, **where)
+    ci = {(r.role, r.task): f"[{r.ci_low:.{decimals}f}, {r.ci_high:.{decimals}f}]"
+          for r in accuracy.itertuples() if r.task in tasks}
+    n = {(r.role, r.task): int(r.n) for r in accuracy.itertuples() if r.task in tasks}
+    for task in tasks:
+        at = list(wide.columns).index(f"{task}: ours ({cfg.profile})") + 1
+        wide.insert(at, f"{task}: 95% CI", [ci.get((role, task), "") for role in wide["role"]])
+        wide.insert(at + 1, f"{task}: n", [n.get((role, task)) for role in wide["role"]])
+    return wide
+
+
+def caption(cfg: Config, predictions: pd.DataFrame, what: str) -> str:
+    """One line naming profile, models and data sizes for a results table."""
+    models = predictions.drop_duplicates("role")
+    names = ", ".join(f"{r.role} = {Path(str(r.model)).name} ({r.n_params / 1e6:.0f}M)" for r in models.itertuples())
+    per_task = predictions.groupby(["role", "task"]).size()
+    sizes = f"n per task {per_task.min()}-{per_task.max()}" if len(per_task) else "no examples"
+    tasks = predictions["task"].nunique()
+    return f"{what} — profile {cfg.profile} ({cfg.scale_note}); {tasks} tasks, {sizes}; models: {names}"
