@@ -265,7 +265,10 @@ class EvalConfig(_Strict):
     bootstrap_samples: int = Field(default=1000, gt=0, description="resamples for each accuracy's interval")
     confidence: float = Field(default=0.95, gt=0, lt=1, description="level of the bootstrap interval")
     large_model_max_examples: int | None = Field(
-        default=None, gt=0, description="examples per task for models above 1B parameters (null: as the others)"
+        default=None, gt=0, description="examples per task for models of large_model_min_params or more (null: all)"
+    )
+    large_model_min_params: int = Field(
+        default=1_000_000_000, gt=0, description="parameter count from which large_model_max_examples applies"
     )
 
 

@@ -61,9 +61,9 @@ def resolve_model(cfg: Config, ref: str) -> str:
     return ref
 
 
-def is_large(n_params: int) -> bool:
-    """Models above 1B parameters score ``eval.large_model_max_examples`` examples per task when that is set."""
-    return n_params > 1_000_000_000
+def is_large(cfg: Config, n_params: int) -> bool:
+    """Models of ``eval.large_model_min_params`` or more score ``eval.large_model_max_examples`` per task (if set)."""
+    return n_params >= cfg.eval.large_model_min_params
 
 
 # Scoring ---------------------------------------------------------------------------------------------------------
@@ -120,8 +120,8 @@ def evaluate_model(
 ) -> pd.DataFrame:
     """Score every example of ``tasks`` (default: the profile's) with model ``ref``; per-example predictions.
 
-    ``role`` names the row in tables (default: ``ref``). Models above 1B parameters are cut to
-    ``eval.large_model_max_examples`` per task when that is set (the caption says so via the ``n`` column).
+    ``role`` names the row in tables (default: ``ref``). Models of ``eval.large_model_min_params`` or more are cut
+    to ``eval.large_model_max_examples`` per task when that is set (tables show it in their ``n`` column).
     """
     import pandas as pd
     import torch
@@ -135,7 +135,7 @@ def evaluate_model(
     spec = resolve_model(cfg, ref)
     loaded = load_model(spec, device=cfg.resolved_device(), dtype=_scoring_dtype(cfg))
     limit = max_examples
-    if limit is None and is_large(loaded.n_params):
+    if limit is None and is_large(cfg, loaded.n_params):
         limit = cfg.eval.large_model_max_examples
     by_task = load_task_examples(cfg, tasks, split, limit)
     cache = ScoreCache(eval_dir(cfg) / "scores.sqlite")
