@@ -185,6 +185,15 @@ def _torch_dtype(dtype: str) -> Any:
         raise ValueError(f"unknown dtype {dtype!r}; accepted: float32, bfloat16, float16") from None
 
 
+def _accepts_disable_mmap() -> bool:
+    """Whether this transformers' ``from_pretrained`` takes ``disable_mmap`` (5.x does)."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    return "disable_mmap" in inspect.signature(PreTrainedModel.from_pretrained).parameters
+
+
 def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     """Load ``spec`` onto ``device`` in ``dtype`` (already resolved; see :meth:`Config.resolved_device`).
 
@@ -203,7 +212,11 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Loaded
     else:
         path = str(ensure_converted(resolved.source)) if resolved.kind == "embedded" else resolved.source
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        # On CPU, read the weights into memory rather than memory-mapping the safetensors file: mapped pages
+        # reclaimed under memory pressure are re-read from disk at every forward pass (7x slower decoding
+        # measured on the smoke teacher; see backends.make_weights_resident).
+        kwargs = {"disable_mmap": True} if device == "cpu" and _accepts_disable_mmap() else {}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
         source = path
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

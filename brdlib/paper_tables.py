@@ -1,0 +1,276 @@
+"""Notebook 10: every table and figure of the paper, gathered from the earlier notebooks' outputs, beside the
+paper's, with how far each agrees.
+
+The earlier notebooks save their tables with :func:`brdlib.report.save_table` as wide side-by-side CSVs (columns
+``<task>: ours (<profile>)`` and ``<task>: paper``). :data:`ARTEFACTS` says which notebook file holds which paper
+table or figure; :func:`artefact_index` lists what this profile's run produced; :func:`ours_from_wide` turns a
+saved table back into tidy numbers; :func:`claim_checks` compares, for each pair of rows the paper compares
+(:data:`COMPARISONS`), the paper's difference with ours — the direction is read from the paper's own numbers,
+never assumed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from brdlib.config import Config
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """One table or figure of the paper and the files of ours that regenerate it."""
+
+    paper: str  # "Table 3", "Figure 2"
+    reference: str  # brdlib/paper_reference name ("table3"), or "figure_claims"
+    what: str
+    notebook: str
+    files: tuple[str, ...]  # stems under figures/<profile>/ (tables: .csv; figures: .png)
+    kind: str = "table"
+
+
+ARTEFACTS: tuple[Artefact, ...] = (
+    Artefact("Table 3", "table3", "main results: blind, relaxed and supervised tests", "04, 05, 06",
+             ("04_table3_blind", "05_table3_relaxed", "06_table3_supervised")),
+    Artefact("Table 4", "table4", "BRD on top of SKD, MiniLLM and TaskDistillation", "04, 05",
+             ("04_table4_kd", "05_table4_taskdistillation")),
+    Artefact("Table 5", "table5", "teacher-student cross-entropy before and after BRD", "07", ("07_table5",)),
+    Artefact("Table 6", "table6", "two teachers", "04", ("04_table6",)),
+    Artefact("Table 7", "table7", "passage- against sentence-level BRD", "04", ("04_table7",)),
+    Artefact("Table 8", "table8", "BRD² without NER or QRA data", "05", ("05_table8",)),
+    Artefact("Table 10", "table10", "the reduced BIG-bench set", "05, 06", ("05_table10", "06_table10")),
+    Artefact("Table 11", "table11", "FBRD (from the base) against BRD² (from XGLM-BRD)", "05", ("05_table11",)),
+    Artefact("Table 12", "table12", "BRD without sentiment-related QRA data", "04", ("04_table12",)),
+    Artefact("Figure 2", "figure_claims", "data-size curve", "09", ("09_figure2", "09_data_size"), "figure"),
+    Artefact("Figure 3", "figure_claims", "per-task BIG-bench accuracy, BRD against the base", "04",
+             ("04_figure3_bigbench",), "figure"),
+    Artefact("Figure 4", "figure_claims", "layer-wise probing", "08", ("08_figure4", "08_probing"), "figure"),
+)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A difference the paper draws between two rows of a table: ``a`` minus ``b`` on ``task``."""
+
+    table: str
+    a: str
+    b: str
+    task: str = "average"
+    block: str | None = None  # the paper's block to read (Table 4's init model); ours has one
+
+
+COMPARISONS: tuple[Comparison, ...] = (
+    Comparison("table3", "brd", "student_base"),
+    Comparison("table3", "brd", "further"),
+    Comparison("table3", "brd", "large_baseline"),
+    Comparison("table3", "brd", "teacher"),
+    Comparison("table3", "brd", "skd"),
+    Comparison("table3", "brd", "minillm"),
+    Comparison("table3", "brd2", "task_distillation"),
+    Comparison("table3", "brd2_sft", "sft"),
+    Comparison("table4", "skd_brd", "skd", block="GPT-2 760M"),
+    Comparison("table4", "minillm_brd", "minillm", block="GPT-2 760M"),
+    Comparison("table4", "task_distillation_brd", "task_distillation", block="XGLM-564M"),
+    Comparison("table5", "brd", "student_base"),
+    Comparison("table6", "brd_second_teacher", "brd"),
+    Comparison("table7", "brd", "brd_sentence_level"),
+    Comparison("table8", "brd2", "brd2_minus_ner"),
+    Comparison("table8", "brd2", "brd2_minus_qra"),
+    Comparison("table8", "brd2_minus_ner", "brd2_minus_qra"),
+    Comparison("table10", "brd2", "task_distillation"),
+    Comparison("table10", "brd2_sft", "sft"),
+    Comparison("table11", "brd2", "fbrd"),
+    Comparison("table12", "brd", "brd_minus_sentdata"),
+)
+
+
+def artefact_index(cfg: Config) -> pd.DataFrame:
+    """Each paper table/figure, the notebook and files of ours, and whether this profile's run made them."""
+    import pandas as pd
+
+    rows = []
+    for art in ARTEFACTS:
+        present = [f for f in art.files if _path(cfg, f) is not None]
+        rows.append({"paper": art.paper, "what": art.what, "notebook": art.notebook,
+                     "files": ", ".join(f"{f}{_path(cfg, f).suffix}" for f in present) if present else "",
+                     "missing": ", ".join(f for f in art.files if f not in present)})
+    return pd.DataFrame(rows)
+
+
+def _path(cfg: Config, stem: str) -> Path | None:
+    for suffix in (".csv", ".png"):
+        path = cfg.figures_dir / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+_OURS_RE = re.compile(r"^(?P<task>.+): ours \((?P<profile>[^)]+)\)$")
+
+
+def ours_from_wide(path: Path | str, profile: str | None = None, key: str = "role") -> pd.DataFrame:
+    """Tidy ``key, task, value`` of ours from a saved side-by-side CSV (columns ``<task>: ours (<profile>)``)."""
+    import pandas as pd
+
+    wide = pd.read_csv(path)
+    if key not in wide.columns:
+        raise ValueError(f"{path}: no {key!r} column; columns: {list(wide.columns)}")
+    rows = []
+    for column in wide.columns:
+        m = _OURS_RE.match(str(column))
+        if not m or (profile is not None and m["profile"] != profile):
+            continue
+        for k, v in zip(wide[key], wide[column], strict=True):
+            if pd.notna(v):
+                rows.append({key: str(k), "task": m["task"], "value": float(v)})
+    return pd.DataFrame(rows, columns=[key, "task", "value"])
+
+
+def load_ours(cfg: Config, art: Artefact) -> pd.DataFrame:
+    """Our tidy numbers for one table artefact, every file of it stacked (a later file wins a duplicate cell)."""
+    import pandas as pd
+
+    frames = [ours_from_wide(p, cfg.profile).assign(file=p.stem)
+              for f in art.files if (p := _path(cfg, f)) is not None and p.suffix == ".csv"]
+    if not frames:
+        return pd.DataFrame(columns=["role", "task", "value", "file"])
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["role", "task"], keep="last")
+
+
+def combined_table(cfg: Config, art: Artefact) -> pd.DataFrame:
+    """The saved wide tables of one artefact stacked into one (Table 3: blind, relaxed, supervised blocks)."""
+    import pandas as pd
+
+    frames = [pd.read_csv(p).assign(source=p.stem)
+              for f in art.files if (p := _path(cfg, f)) is not None and p.suffix == ".csv"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _cell(frame: pd.DataFrame, role: str, task: str, tasks: list[str] | None = None) -> float | None:
+    """A row's value on ``task``; for ``average`` without such a column (Tables 5, 11), the plain mean over
+    ``tasks`` (the paper's columns), only when the row has all of them."""
+    hit = frame[(frame["role"] == role) & (frame["task"] == task)]
+    if len(hit):
+        return float(hit["value"].iloc[0])
+    if task == "average" and tasks:
+        values = frame[(frame["role"] == role) & frame["task"].isin(tasks)]["value"]
+        if len(values) == len(tasks):
+            return float(values.mean())
+    return None
+
+
+def claim_checks(cfg: Config) -> pd.DataFrame:
+    """For each paper comparison: the paper's a − b, ours, and whether the direction agrees (blank if not run)."""
+    import pandas as pd
+
+    from brdlib.report import paper_table
+
+    by_ref = {a.reference: a for a in ARTEFACTS if a.kind == "table"}
+    rows = []
+    for c in COMPARISONS:
+        paper = paper_table(c.table)
+        if c.block is not None:
+            paper = paper[paper["block"] == c.block]
+        tasks = [t for t in dict.fromkeys(paper["task"]) if t != "average"]
+        pa, pb = _cell(paper, c.a, c.task, tasks), _cell(paper, c.b, c.task, tasks)
+        ours = load_ours(cfg, by_ref[c.table])
+        oa, ob = _cell(ours, c.a, c.task, tasks), _cell(ours, c.b, c.task, tasks)
+        paper_delta = pa - pb if pa is not None and pb is not None else None
+        ours_delta = oa - ob if oa is not None and ob is not None else None
+        agrees = None
+        if paper_delta is not None and ours_delta is not None:
+            agrees = "yes" if paper_delta * ours_delta > 0 or paper_delta == ours_delta == 0 else "no"
+        rows.append({
+            "table": c.table, "comparison": f"{c.a} − {c.b}", "task": c.task,
+            "paper block": c.block or "", "paper Δ": paper_delta, f"ours ({cfg.profile}) Δ": ours_delta,
+            "same direction": agrees if agrees is not None else ("not run" if ours_delta is None else ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def agreement_summary(checks: pd.DataFrame) -> str:
+    """One line: how many of the paper's comparisons our run reproduces in direction, of those it ran."""
+    ran = checks[checks["same direction"].isin(["yes", "no"])]
+    same = int((ran["same direction"] == "yes").sum())
+    return (f"{same} of {len(ran)} comparisons the paper draws point the same way in this run "
+            f"({len(checks) - len(ran)} not run on this profile)")
+
+
+def table3_figure(cfg: Config) -> object:
+    """Average accuracy of every Table 3 row, ours beside the paper's (bars), one panel per block."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    from brdlib.report import paper_table
+
+    art = next(a for a in ARTEFACTS if a.reference == "table3")
+    ours = load_ours(cfg, art)
+    paper = paper_table("table3")
+    blocks = {"04_table3_blind": "blind", "05_table3_relaxed": "relaxed", "06_table3_supervised": "supervised"}
+    ours = ours[ours["task"] == "average"].assign(setting=lambda d: d["file"].map(blocks))
+    paper = paper[paper["task"] == "average"][["setting", "role", "value"]]
+    both = pd.concat([ours[["setting", "role", "value"]].assign(source=f"ours ({cfg.profile})"),
+                      paper.assign(source="paper")], ignore_index=True)
+    settings = [s for s in ("blind", "relaxed", "supervised") if s in set(both["setting"])]
+    widths = [max(1, both[both["setting"] == s]["role"].nunique()) for s in settings]
+    fig, axes = plt.subplots(1, len(settings), figsize=(2 + 0.9 * sum(widths), 3.6), sharey=True,
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        part = both[both["setting"] == setting]
+        order = list(dict.fromkeys(part[part["source"] == "paper"]["role"].tolist() + part["role"].tolist()))
+        sns.barplot(data=part, x="role", y="value", hue="source", order=order,
+                    hue_order=[f"ours ({cfg.profile})", "paper"], ax=ax)
+        ax.set_title(setting)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelrotation=40)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+        if ax is not axes[0][-1] and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    axes[0][0].set_ylabel("average accuracy (%)")
+    fig.suptitle(f"Table 3 averages: ours ({cfg.profile}, {cfg.scale_note}) and the paper's", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def setup_difference(cfg: Config) -> str:
+    """How this profile's setup differs from the paper's, in one line (models and scale)."""
+    m, d, t = cfg.models, cfg.data, cfg.train
+    return (f"teacher {m.teacher} (paper: Vicuna-13B), student {m.student} (paper: XGLM-564M); "
+            f"{d.n_sentences:,} corpus sentences from {d.corpus} (paper: 5M from CC-100); {t.max_steps:,} steps of "
+            f"{t.batch_size}x{t.max_length} tokens (paper: up to 40,000 of 8x2048); "
+            f"up to {d.max_examples_per_task or 'all'} examples per task and split (paper: full test sets)")
+
+
+def artefact_agreement(cfg: Config) -> pd.DataFrame:
+    """Per paper table: cells of ours beside the paper's, their mean |ours − paper|, and how many of the paper's
+    comparisons point the same way here."""
+    import pandas as pd
+
+    from brdlib.report import paper_table
+
+    checks = claim_checks(cfg)
+    rows = []
+    for art in ARTEFACTS:
+        if art.kind != "table":
+            continue
+        ours = load_ours(cfg, art)
+        paper = paper_table(art.reference)
+        merged = ours.merge(paper[["role", "task", "value"]].drop_duplicates(["role", "task"]),
+                            on=["role", "task"], suffixes=("_ours", "_paper"))
+        mine = checks[(checks["table"] == art.reference) & checks["same direction"].isin(["yes", "no"])]
+        rows.append({
+            "paper": art.paper, "what": art.what, "cells beside the paper's": len(merged),
+            "mean |ours − paper|": round(float((merged["value_ours"] - merged["value_paper"]).abs().mean()), 1)
+            if len(merged) else None,
+            "comparisons same direction": f"{int((mine['same direction'] == 'yes').sum())} of {len(mine)}"
+            if len(mine) else "none run",
+        })
+    return pd.DataFrame(rows)
