@@ -140,13 +140,19 @@ def evaluate_model(
     by_task = load_task_examples(cfg, tasks, split, limit)
     cache = ScoreCache(eval_dir(cfg) / "scores.sqlite")
     frames = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(len(v) for v in by_task.values()), desc=f"scoring {role}", unit="ex", disable=not progress)
     try:
         with torch.inference_mode():
             for task, examples in by_task.items():
+                bar.set_postfix_str(task.removeprefix("bigbench:")[:30])
                 scores = score_examples(loaded.model, loaded.tokenizer, examples, cache=cache,
-                                        batch_size=cfg.eval.batch_size, progress=progress)
+                                        batch_size=cfg.eval.batch_size, progress=False)
                 frames.append(predictions_frame(role, examples, scores))
+                bar.update(len(examples))
     finally:
+        bar.close()
         cache.close()
     out = pd.concat(frames, ignore_index=True) if frames else predictions_frame(role, [], [])
     out["model"] = spec
@@ -217,7 +223,7 @@ def load_predictions(cfg: Config, roles: Sequence[str] | None = None, split: str
 
 def bootstrap_ci(correct: Sequence[bool] | np.ndarray, samples: int = 1000, confidence: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``correct`` (resampling examples), in [0, 1]."""
+    """Percentile bootstrap interval of the mean of ``correct`` (resampling examples); also of paired differences."""
     values = np.asarray(correct, dtype=float)
     if values.size == 0:
         return float("nan"), float("nan")
@@ -271,7 +277,8 @@ def accuracy_table(cfg: Config, predictions: pd.DataFrame, rule: str | None = No
                 bb_groups.append(correct)
         if bigbench_average and bb_groups:
             low, high = bootstrap_ci_of_task_mean(bb_groups, samples, level, cfg.seed)
-            rows.append({"role": role, "task": BIGBENCH_AVG, "value": 100 * float(np.mean([g.mean() for g in bb_groups])),
+            mean = float(np.mean([g.mean() for g in bb_groups]))
+            rows.append({"role": role, "task": BIGBENCH_AVG, "value": 100 * mean,
                          "n": int(sum(len(g) for g in bb_groups)), "n_tasks": len(bb_groups),
                          "ci_low": 100 * low, "ci_high": 100 * high})
     return pd.DataFrame(rows, columns=["role", "task", "value", "n", "n_tasks", "ci_low", "ci_high"])
@@ -285,17 +292,25 @@ def paper_columns(accuracy: pd.DataFrame) -> pd.DataFrame:
 
 
 def results_table(cfg: Config, accuracy: pd.DataFrame, table: str, *, decimals: int = 1,
-                  **where: str) -> pd.DataFrame:
+                  roles: Sequence[str] | None = None, **where: str) -> pd.DataFrame:
     """Ours beside the paper's ``table`` (``where`` picks its rows, e.g. ``setting='blind'``), with the
     Average over the paper's columns, and per cell of ours its 95% interval and ``n``.
 
     The wide table has per task ``<task>: ours (<profile>)``, ``<task>: 95% CI``, ``<task>: n``, ``<task>: paper``
-    and ``<task>: delta``; rows are the paper's roles, then ours it lacks.
+    and ``<task>: delta``; rows are the paper's roles, then ours it lacks. ``roles`` keeps only those of ours
+    (default: every role in ``accuracy``); the paper's rows are all kept, empty where ours lacks them.
     """
+    import pandas as pd
+
     from brdlib.report import compare_with_paper, paper_rows, with_average
 
     paper = paper_rows(table, **where)
     tasks = [t for t in dict.fromkeys(paper["task"]) if t != "average"]
+    if roles is not None:
+        unknown = [r for r in roles if r not in set(accuracy["role"])]
+        if unknown:
+            raise EvaluateError(f"roles {unknown} have no accuracies; present: {sorted(set(accuracy['role']))}")
+        accuracy = accuracy[accuracy["role"].isin(list(roles))]
     ours = accuracy[accuracy["task"].isin(tasks)]
     ours = with_average(ours[["role", "task", "value"]], tasks)
     wide = compare_with_paper(ours, table, cfg.profile, decimals=decimals, **where)
@@ -305,8 +320,42 @@ def results_table(cfg: Config, accuracy: pd.DataFrame, table: str, *, decimals: 
     for task in tasks:
         at = list(wide.columns).index(f"{task}: ours ({cfg.profile})") + 1
         wide.insert(at, f"{task}: 95% CI", [ci.get((role, task), "") for role in wide["role"]])
-        wide.insert(at + 1, f"{task}: n", [n.get((role, task)) for role in wide["role"]])
+        wide.insert(at + 1, f"{task}: n", pd.array([n.get((role, task)) for role in wide["role"]], dtype="Int64"))
     return wide
+
+
+def paired_difference(cfg: Config, predictions: pd.DataFrame, role: str, baseline: str,
+                      rule: str | None = None) -> pd.DataFrame:
+    """Per task, accuracy of ``role`` minus ``baseline`` on the examples both scored, in points, with a paired
+    bootstrap interval (the same resampled examples for both; tighter than comparing two separate intervals).
+
+    Columns: ``task, n, role, baseline, delta, ci_low, ci_high, outcome`` (``better``/``tied``/``worse`` by the
+    point difference, as the paper's Figure 3 counts tasks).
+    """
+    import pandas as pd
+
+    rule = rule or cfg.eval.rule
+    if rule not in ("mean", "sum"):
+        raise EvaluateError(f"unknown scoring rule {rule!r}; accepted: 'mean', 'sum'")
+    present = set(predictions["role"])
+    missing = [r for r in (role, baseline) if r not in present]
+    if missing:
+        raise EvaluateError(f"no predictions for {missing}; present: {sorted(present)}")
+    column = f"correct_{rule}"
+    keys = ["task", "example_id"]
+    a = predictions[predictions["role"] == role][[*keys, column]]
+    b = predictions[predictions["role"] == baseline][[*keys, column]]
+    both = a.merge(b, on=keys, suffixes=("_a", "_b"))
+    rows = []
+    for task, frame in both.groupby("task", sort=False):
+        diff = frame[f"{column}_a"].to_numpy(dtype=float) - frame[f"{column}_b"].to_numpy(dtype=float)
+        low, high = bootstrap_ci(diff, cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.seed)
+        delta = 100 * diff.mean()
+        rows.append({"task": task, "n": len(diff), role: 100 * frame[f"{column}_a"].mean(),
+                     baseline: 100 * frame[f"{column}_b"].mean(), "delta": delta, "ci_low": 100 * low,
+                     "ci_high": 100 * high,
+                     "outcome": "better" if delta > 0 else "worse" if delta < 0 else "tied"})
+    return pd.DataFrame(rows, columns=["task", "n", role, baseline, "delta", "ci_low", "ci_high", "outcome"])
 
 
 def caption(cfg: Config, predictions: pd.DataFrame, what: str) -> str:

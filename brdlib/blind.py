@@ -1,0 +1,292 @@
+"""The blind test (paper §4, notebook 04): which students to train, which models to score, and the tables and
+figures of Table 3 (top and middle), Figure 3, Tables 4 (KD part), 6, 7 and 12.
+
+    from brdlib.blind import blind_models, train_blind_students
+    train_blind_students(cfg)                         # brd, further (as notebook 03) and the ablation students
+    preds = evaluate_models(cfg, blind_models(cfg))   # role -> model reference
+
+Student names are the paper_reference role names where one student is one paper row (``brd``, ``further``,
+``brd_minus_sentdata``, ``brd_sentence_level``, ``skd_brd``, ``minillm_brd``). The two students of Table 6 are
+trained on a subset of the corpus, so they are *not* notebook 03's ``brd``: they are saved and scored as
+``brd_subset_<teacher role>`` and mapped to the paper's roles (``brd``, ``brd_second_teacher``) only when Table 6
+is built (:func:`table6_accuracy`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from brdlib.config import Config
+
+log = logging.getLogger(__name__)
+
+MAIN_STUDENTS: dict[str, str] = {"brd": "brd", "further": "ori"}
+"""Notebook 03's students, name -> passage variant; trained here exactly as there, so they are reused."""
+ABLATION_STUDENTS: dict[str, str] = {"brd_minus_sentdata": "no_sent", "brd_sentence_level": "sentence_level"}
+"""Table 12 (-SentData, A.6) and Table 7 (SentenceLevel): name (= paper role) -> passage variant."""
+PAPER_EXTRA_ROLES: tuple[str, ...] = ("second_teacher", "large_baseline")
+"""Roles of ``models.extra`` that the paper's blind tables have rows for (Table 6, Table 3)."""
+KD_ROLES: tuple[str, ...] = ("skd", "minillm")
+KD_BASE_ROLE = "kd_student_base"
+"""Our row for the KD students' own initial model (``kd.student``): the paper's Table 4 blocks are these models."""
+TABLE4_BLOCK = "GPT-2 760M"
+"""The paper's Table 4 block our KD rows are set beside: the KD students its Table 3 uses."""
+
+
+class BlindError(ValueError):
+    """A blind-test request that cannot run (named, with what is accepted)."""
+
+
+# Which models ---------------------------------------------------------------------------------------------------
+
+
+def extra_roles(cfg: Config) -> dict[str, str]:
+    """The profile's ``models.extra`` roles that the paper's blind tables know (second teacher, 7.5B baseline)."""
+    return {role: role for role in cfg.models.extra if role in PAPER_EXTRA_ROLES}
+
+
+def blind_models(cfg: Config) -> dict[str, str]:
+    """Table 3's models of the profile, paper role -> model reference: the teacher, the student before BRD
+    (``student_base``), after BRD (``brd``), FURTHER, and every known extra role."""
+    return {"teacher": "teacher", "student_base": "student", "brd": "brd", "further": "further", **extra_roles(cfg)}
+
+
+def _steps(cfg: Config) -> int | None:
+    return cfg.protocols.ablation_max_steps
+
+
+def train_blind_students(cfg: Config, ablations: bool = True, progress: bool = True) -> dict[str, Path]:
+    """Train (or reuse) ``brd`` and ``further`` exactly as notebook 03 does, and with ``ablations`` the Table 12
+    and Table 7 students for ``protocols.ablation_max_steps``; assembles their passages (and runs the teacher
+    stage) first where missing. Returns name -> student directory."""
+    from brdlib.assemble import assemble_all
+    from brdlib.train import train_student
+
+    students = {**MAIN_STUDENTS, **(ABLATION_STUDENTS if ablations else {})}
+    assemble_all(cfg, sorted(set(students.values())))
+    out = {}
+    for name, variant in students.items():
+        if name in MAIN_STUDENTS:
+            steps = cfg.train.further_max_steps if variant == "ori" else None  # as notebook 03
+        else:
+            steps = _steps(cfg)
+        out[name] = train_student(cfg, variant, name, max_steps=steps, progress=progress)
+    return out
+
+
+# Table 6: two teachers on a subset ------------------------------------------------------------------------------
+
+
+def subset_passages(passages: Sequence[Any], n_sentences: int | None) -> list[Any]:
+    """Whole passages in corpus order until they hold at least ``n_sentences`` sentences (None: all of them)."""
+    if n_sentences is None:
+        return list(passages)
+    if n_sentences <= 0:
+        raise BlindError(f"n_sentences must be positive or None, got {n_sentences}")
+    chosen, total = [], 0
+    for p in passages:
+        if total >= n_sentences:
+            break
+        chosen.append(p)
+        total += len(p.sentences)
+    return chosen
+
+
+def subset_student_name(teacher_role: str) -> str:
+    """Name (and scoring role) of the Table 6 student taught by ``teacher_role`` on the subset."""
+    return f"brd_subset_{teacher_role}"
+
+
+def train_two_teacher_students(cfg: Config, teacher_roles: Sequence[str] = ("teacher", "second_teacher"),
+                               progress: bool = True) -> dict[str, str]:
+    """Table 6 (§5.3): annotate the first ``protocols.second_teacher_sentences`` corpus sentences (whole passages)
+    with each teacher (resumable; the first teacher's records come from stage 01), assemble the ``brd`` variant on
+    that subset per teacher, and train one student on each for ``protocols.ablation_max_steps`` (same subset, same
+    steps). Returns teacher role -> student name."""
+    from brdlib.assemble import assemble_variant, teacher_behaviours
+    from brdlib.corpus import load_passages
+    from brdlib.train import train_student
+
+    roles = cfg.models.roles()
+    unknown = [r for r in teacher_roles if r not in roles]
+    if unknown:
+        raise BlindError(f"teacher roles {unknown} are not models of profile {cfg.profile!r}; "
+                         f"roles: {', '.join(roles)}")
+    passages = subset_passages(load_passages(cfg, progress=progress), cfg.protocols.second_teacher_sentences)
+    out = {}
+    for role in teacher_roles:
+        behaviours = teacher_behaviours(cfg, passages, role)
+        name = subset_student_name(role)
+        assemble_variant(cfg, "brd", passages=passages, behaviours=behaviours, teacher_role=role, name=name)
+        train_student(cfg, name, name, max_steps=_steps(cfg), progress=progress)
+        out[role] = name
+    return out
+
+
+def subset_summary(cfg: Config, students: Mapping[str, str]) -> pd.DataFrame:
+    """What each Table 6 student was trained on: teacher, passages, sentences, rows and tokens of its variant."""
+    import pandas as pd
+
+    from brdlib.assemble import load_card
+    from brdlib.train import load_summary
+
+    rows = []
+    for role, name in students.items():
+        card, summary = load_card(cfg, name), load_summary(cfg, name)
+        rows.append({"student": name, "teacher role": role, "teacher model": cfg.models.roles()[role],
+                     "passages": card["source_passages"], "sentences": card["sentences"],
+                     "annotations used": sum(card["annotations_used"].values()), "rows": card["rows"],
+                     "tokens": card["tokens"]["tokens"], "steps": summary["steps"],
+                     "final loss": summary["final_loss"]})
+    return pd.DataFrame(rows)
+
+
+def table6_accuracy(accuracy: pd.DataFrame, students: Mapping[str, str]) -> pd.DataFrame:
+    """Accuracies for Table 6: the subset students renamed to the paper's roles (first teacher -> ``brd``, second ->
+    ``brd_second_teacher``), with the ``teacher``, ``second_teacher`` and ``student_base`` rows."""
+    rename = {students["teacher"]: "brd"}
+    if "second_teacher" in students:
+        rename[students["second_teacher"]] = "brd_second_teacher"
+    keep = ["teacher", "second_teacher", "student_base", *rename]
+    out = accuracy[accuracy["role"].isin(keep)].copy()
+    out["role"] = out["role"].replace(rename)
+    return out.reset_index(drop=True)
+
+
+# KD baselines (Table 3 middle block, Table 4) -------------------------------------------------------------------
+
+
+def kd_students(cfg: Config) -> dict[str, str] | None:
+    """``brdlib.kd.ensure_kd_students(cfg)`` (roles ``skd``, ``minillm`` -> model references), or None with a
+    printed reason when brdlib.kd is not available."""
+    try:
+        from brdlib.kd import ensure_kd_students
+    except ImportError as err:
+        print(f"KD baselines skipped: brdlib.kd is not available ({err}); Table 3 shows no SKD/MiniLLM rows "
+              "and Table 4 is not built.")
+        return None
+    refs = dict(ensure_kd_students(cfg))
+    missing = [r for r in KD_ROLES if r not in refs]
+    if missing:
+        raise BlindError(f"brdlib.kd.ensure_kd_students returned {sorted(refs)}; expected the roles {list(KD_ROLES)}")
+    return {r: refs[r] for r in KD_ROLES}
+
+
+def kd_brd_student_name(kd_role: str) -> str:
+    """Table 4's '+BRD' student on top of a KD student: ``skd_brd``, ``minillm_brd`` (the paper's roles)."""
+    return f"{kd_role}_brd"
+
+
+def train_kd_brd_students(cfg: Config, kd_refs: Mapping[str, str], progress: bool = True) -> dict[str, str]:
+    """'+BRD' (§5.1): continue training each KD student on D_TRAIN (variant ``brd``) for
+    ``protocols.ablation_max_steps``. Returns role (``skd_brd``, ...) -> student name."""
+    from brdlib.assemble import assemble_all
+    from brdlib.train import train_student
+
+    assemble_all(cfg, ["brd"])
+    out = {}
+    for role, ref in kd_refs.items():
+        name = kd_brd_student_name(role)
+        train_student(cfg, "brd", name, init=ref, max_steps=_steps(cfg), progress=progress)
+        out[name] = name
+    return out
+
+
+def kd_models(cfg: Config, kd_refs: Mapping[str, str], brd_students: Mapping[str, str]) -> dict[str, str]:
+    """Role -> model reference of Table 4's KD part: the KD students, their '+BRD' students and, when the profile
+    trains its own KD students, their init model ``kd.student`` (released KD checkpoints start from a model the
+    profile does not name, so that row is left out)."""
+    base = {} if getattr(cfg.kd, "released", None) else {KD_BASE_ROLE: cfg.kd.student}
+    return {**kd_refs, **brd_students, **base}
+
+
+# Figure 3: per-task BIG-bench -----------------------------------------------------------------------------------
+
+
+def bigbench_per_task(cfg: Config, predictions: pd.DataFrame, role: str = "brd",
+                      baseline: str = "student_base") -> pd.DataFrame:
+    """Figure 3's data: per BIG-bench task, ``role`` and ``baseline`` accuracy on the same examples, their paired
+    difference with a 95% bootstrap interval, and the outcome (better/tied/worse); sorted by the difference."""
+    from brdlib.evaluate import paired_difference
+
+    bb = predictions[predictions["task"].str.startswith("bigbench:")]
+    if bb.empty:
+        raise BlindError(f"no BIG-bench predictions for {role!r}/{baseline!r}; the profile's tasks: {cfg.data.tasks}")
+    diff = paired_difference(cfg, bb, role, baseline)
+    diff["task"] = diff["task"].str.removeprefix("bigbench:")
+    return diff.sort_values(["delta", "task"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def sign_test(better: int, worse: int) -> float:
+    """Two-sided exact sign test p-value over tasks (ties left out); hand-written to avoid a scipy dependency."""
+    n = better + worse
+    if n == 0:
+        return float("nan")
+    k = min(better, worse)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def bigbench_claims(per_task: pd.DataFrame) -> pd.DataFrame:
+    """Our counts beside the paper's words about Figure 3 (``figure_claims.csv``): tasks compared, ties, and the
+    share of tasks BRD improves (of all tasks, and of the non-tied ones), with a sign test over tasks."""
+    import pandas as pd
+
+    from brdlib.report import paper_table
+
+    claims = paper_table("figure_claims").set_index("quantity")
+    counts = per_task["outcome"].value_counts()
+    better, worse, tied = (int(counts.get(k, 0)) for k in ("better", "worse", "tied"))
+    n = len(per_task)
+
+    def paper(quantity: str) -> float:
+        return float(claims.loc[quantity, "value"])
+
+    rows = [
+        ("BIG-bench tasks compared", n, paper("bigbench_tasks_compared")),
+        ("tied tasks (same accuracy)", tied, paper("tied_tasks_not_shown")),
+        ("tasks BRD improves", better, float("nan")),
+        ("tasks BRD worsens", worse, float("nan")),
+        ("share improved, of all tasks", round(better / n, 3) if n else float("nan"),
+         paper("share_of_tasks_improved_by_brd")),
+        ("share improved, of non-tied tasks", round(better / (better + worse), 3) if better + worse else float("nan"),
+         float("nan")),
+        ("sign test p (better vs worse, two-sided)", round(sign_test(better, worse), 4), float("nan")),
+    ]
+    return pd.DataFrame(rows, columns=["quantity", "ours", "paper (A.3, about)"])
+
+
+def bigbench_figure(per_task: pd.DataFrame, role: str = "brd", baseline: str = "student_base",
+                    title: str = "") -> Figure:
+    """Figure 3 as paired dots per BIG-bench task: ``baseline`` and ``role`` accuracy joined by a line coloured by
+    the outcome (better/worse/tied), tasks sorted by the difference; the title counts the tasks improved."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    palette = sns.color_palette("colorblind")
+    colours = {"better": palette[2], "tied": (0.6, 0.6, 0.6), "worse": palette[3]}
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(per_task)))
+    for y, (a, b, outcome) in enumerate(zip(per_task[role], per_task[baseline], per_task["outcome"], strict=True)):
+        ax.plot([b, a], [y, y], color=colours[outcome], lw=2, zorder=1)
+    ax.scatter(per_task[baseline], range(len(per_task)), marker="o", facecolors="white", edgecolors="black",
+               zorder=2, label=baseline)
+    ax.scatter(per_task[role], range(len(per_task)), marker="D", color="black", zorder=3, label=role)
+    for outcome, colour in colours.items():
+        ax.plot([], [], color=colour, lw=2, label=f"{outcome} ({int((per_task['outcome'] == outcome).sum())})")
+    labels = [f"{t} (n={n})" for t, n in zip(per_task["task"], per_task["n"], strict=True)]
+    ax.set_yticks(range(len(per_task)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy (%)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    better = int((per_task["outcome"] == "better").sum())
+    ax.set_title(title or f"BIG-bench per task: {role} vs {baseline}; {role} better on {better} of {len(per_task)}",
+                 fontsize=10)
+    return fig
