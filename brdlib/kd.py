@@ -1,0 +1,485 @@
+"""Token-level knowledge-distillation baselines (§4 blind test, Table 3's SKD/MiniLLM rows, Table 4).
+
+    from brdlib.kd import ensure_kd_students, train_kd_student
+    refs = ensure_kd_students(cfg)          # {"skd": ..., "minillm": ...} for brdlib.evaluate.evaluate_models
+    path = train_kd_student(cfg, "skd")     # cfg.data_dir/students/skd (model, tokenizer, train_summary.json)
+    python -m brdlib.kd tiny --kind minillm
+
+The paper compares against the GPT-2 760M students released by Gu et al. (2023, MiniLLM): **SKD**, standard
+token-level KD (forward KL from the teacher's next-token distribution), and **MiniLLM** (reverse KL). With
+``kd.released`` set (the paper profile) those checkpoints are used as they are and nothing is trained. Otherwise
+(tiny, smoke) :func:`train_kd_student` distils ``kd.teacher`` into ``kd.student`` on the profile's original
+passages (D_ORI, the FURTHER student's text; no teacher behaviours), with the loss over the full next-token
+distribution at every real position:
+
+- ``skd``: forward KL(p_teacher || q_student), the standard KD of Hinton et al. (2015);
+- ``minillm``: reverse KL(q_student || p_teacher) on the same fixed text. This is *MiniLLM-style*, not MiniLLM:
+  Gu et al. optimise the sequence-level reverse KL by policy gradient on the student's own samples, which a
+  CPU profile cannot afford; here only the direction of the divergence follows them.
+
+Both distributions use temperature ``kd.temperature`` and the loss is multiplied by T² (Hinton et al.), so the
+gradient scale does not depend on T; T=1 (the default) is the plain KL. Positions whose next token is padding are
+masked, as in the causal-LM loss; the loss is the mean over the remaining positions.
+
+The KL is written out in PyTorch (a few lines, :func:`kd_loss`) rather than taken from TRL: TRL's ``GKDTrainer``
+(``trl.experimental.gkd`` in TRL 1.x) is an SFT trainer over prompt/completion data with on-policy generation, and
+its ``generalized_jsd_loss`` (beta=0: forward KL, beta=1: reverse KL, no T² factor) would add a dependency for
+one function; ``tests/test_kd.py`` compares against it when TRL is installed.
+
+Teacher and student must share a vocabulary (the token -> id maps of their tokenizers are compared before any
+weights load; a mismatch fails naming both models and their sizes). Logits are cut to the shared tokenizer's
+size: some checkpoints pad their embedding matrix beyond the tokenizer (Qwen2.5: 151,936 rows), and those rows
+are never a token of the text.
+
+Training runs in the transformers Trainer (``compute_loss`` replaced), with train.py's packing, tokens/s logging,
+checkpoints every ``train.save_steps`` with resume, and the atomic save: the finished student is written as
+``students/<name>`` with its tokenizer and a ``train_summary.json`` (same keys as brdlib.train's, so
+:func:`brdlib.train.training_table` and :func:`brdlib.evaluate.resolve_model` work on it) whose fingerprint of the
+inputs makes a later call reuse it, or retrain it when the inputs changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from brdlib.config import Config
+    from brdlib.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+KD_KINDS: dict[str, str] = {
+    "skd": "standard KD: token-level forward KL(p_teacher || q_student) over the full next-token distribution",
+    "minillm": "MiniLLM-style KD: token-level reverse KL(q_student || p_teacher) on fixed text "
+    "(not MiniLLM's policy-gradient optimisation on student samples)",
+}
+"""The KD baselines of the blind test (§4), by the name their students and table rows take."""
+
+KD_FORMAT_VERSION = 1
+"""Bump when KD training changes in a way that makes earlier KD students stale."""
+
+
+class KDError(ValueError):
+    """A KD request that cannot run: unknown kind or model, or teacher and student without a shared vocabulary."""
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KD_KINDS:
+        raise KDError(f"unknown KD kind {kind!r}; accepted: {', '.join(KD_KINDS)}")
+    return kind
+
+
+# The loss ------------------------------------------------------------------------------------------------------
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Mean token-level KL between teacher and student next-token distributions over the positions in ``mask``.
+
+    ``student_logits`` and ``teacher_logits``: (..., vocabulary), aligned position by position; ``mask``: bool of
+    the leading shape, True where the loss counts. ``kind='skd'``: KL(p_t || q_s); ``'minillm'``: KL(q_s || p_t).
+    Both are computed at temperature T and multiplied by T². With no position in the mask the loss is 0 (with a
+    gradient of zeros).
+    """
+    import torch.nn.functional as F
+
+    _check_kind(kind)
+    if student_logits.shape != teacher_logits.shape:
+        raise KDError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                      f"{tuple(teacher_logits.shape)} differ in shape; cut both to the shared vocabulary first")
+    if mask.shape != student_logits.shape[:-1]:
+        raise KDError(f"mask {tuple(mask.shape)} does not match the logits' positions "
+                      f"{tuple(student_logits.shape[:-1])}")
+    if temperature <= 0:
+        raise KDError(f"temperature must be positive, got {temperature}")
+    if not bool(mask.any()):
+        return student_logits.sum() * 0.0
+    log_q = F.log_softmax(student_logits[mask].float() / temperature, dim=-1)   # (N, V): only real positions
+    log_p = F.log_softmax(teacher_logits[mask].float() / temperature, dim=-1).detach()
+    if kind == "skd":
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    else:
+        kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    return kl.mean() * temperature**2
+
+
+def next_token_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Positions 0..L-2 whose next token is real (label not -100): where a next-token distribution is trained."""
+    from brdlib.train import IGNORE_INDEX
+
+    return labels[..., 1:] != IGNORE_INDEX
+
+
+# Models and data ---------------------------------------------------------------------------------------------
+
+
+def kd_model_spec(cfg: Config, ref: str, key: str) -> tuple[str, str]:
+    """The spec (or directory) of ``ref`` — a role of ``cfg.models``, a trained student's name or a spec — and its
+    identity for the fingerprint. ``key`` names the config key in errors (kd.teacher, kd.student)."""
+    from brdlib.train import TrainError, resolve_init
+
+    roles = cfg.models.roles()
+    spec = roles.get(ref, ref)
+    try:
+        return resolve_init(cfg, spec)
+    except TrainError as err:
+        raise KDError(f"{key}={ref!r} is not a model role of profile {cfg.profile!r} ({', '.join(roles)}), "
+                      f"a trained student or a model spec: {err}") from None
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """A model's tokenizer without its weights (tiny-random, embedded, directory or hub id)."""
+    from brdlib.models import resolve_spec, tiny_tokenizer
+
+    resolved = resolve_spec(spec)
+    if resolved.kind == "tiny-random":
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    if resolved.kind == "embedded":
+        from brdlib.embedded import ensure_converted
+
+        return AutoTokenizer.from_pretrained(str(ensure_converted(resolved.source)))
+    return AutoTokenizer.from_pretrained(resolved.source)
+
+
+def shared_vocabulary_size(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase,
+                           teacher_name: str, student_name: str) -> int:
+    """The size of the vocabulary teacher and student share; fails unless their token -> id maps are identical."""
+    t_vocab, s_vocab = teacher.get_vocab(), student.get_vocab()
+    if t_vocab != s_vocab:
+        differ = sum(s_vocab.get(tok) != i for tok, i in t_vocab.items()) + len(set(s_vocab) - set(t_vocab))
+        raise KDError(
+            f"token-level KD needs a teacher and student with one vocabulary, but teacher {teacher_name!r} has "
+            f"{len(t_vocab):,} tokens and student {student_name!r} has {len(s_vocab):,} ({differ:,} tokens differ "
+            "in id or presence); choose kd.teacher/kd.student with the same tokenizer (e.g. the Qwen2.5 family)"
+        )
+    return len(t_vocab)
+
+
+def kd_texts(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The profile's original passages (D_ORI, as :mod:`brdlib.assemble` writes them, in its seeded order).
+
+    Built from the corpus directly (no teacher behaviours needed, nothing written): the same texts as the ``ori``
+    variant's.
+    """
+    from brdlib.assemble import build_rows, index_behaviours, resolve_sep, variant_spec
+    from brdlib.corpus import load_passages
+
+    passages = load_passages(cfg, progress=False)
+    sep = resolve_sep(cfg.passages.sep, tokenizer)
+    rows, _ = build_rows(passages, index_behaviours([], passages), variant_spec("ori"), sep, cfg.seed)
+    if not rows:
+        raise KDError(f"profile {cfg.profile!r} has no corpus passages to distil on")
+    return [r["text"] for r in rows]
+
+
+def _teacher_dtype(cfg: Config) -> str:
+    return cfg.resolved_dtype() if cfg.kd.teacher_dtype == "auto" else cfg.kd.teacher_dtype
+
+
+@dataclass
+class KDPlan:
+    """What a KD student is made of, resolved without loading any weights."""
+
+    kind: str
+    name: str
+    teacher_spec: str
+    student_spec: str
+    vocab_size: int
+    texts: list[str]
+    fingerprint: str
+    tokenizer: PreTrainedTokenizerBase
+
+
+def kd_fingerprint(cfg: Config, kind: str, teacher_id: str, student_id: str, texts: Sequence[str]) -> str:
+    """Hash of what determines a KD student's weights (not logging, saving or checkpointing keys)."""
+    k, t = cfg.kd, cfg.train
+    data = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    spec = {
+        "v": KD_FORMAT_VERSION, "kind": kind, "teacher": teacher_id, "student": student_id, "data": data,
+        "steps": k.max_steps, "batch": k.batch_size, "len": k.max_length, "lr": k.learning_rate,
+        "T": k.temperature, "teacher_dtype": _teacher_dtype(cfg), "optim": k.optim, "warmup": t.warmup_steps,
+        "sched": t.lr_scheduler, "wd": t.weight_decay, "group": t.pack_batch_passages, "seed": cfg.seed,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_kd_student(cfg: Config, kind: str, name: str | None = None) -> KDPlan:
+    """Resolve teacher, student, data and fingerprint of a KD student; check the shared vocabulary."""
+    from brdlib.train import student_dir
+
+    _check_kind(kind)
+    name = name or kind
+    student_dir(cfg, name)  # checks the name
+    teacher_spec, teacher_id = kd_model_spec(cfg, cfg.kd.teacher, "kd.teacher")
+    student_spec, student_id = kd_model_spec(cfg, cfg.kd.student, "kd.student")
+    tokenizer = load_tokenizer(student_spec)
+    vocab = shared_vocabulary_size(load_tokenizer(teacher_spec), tokenizer, teacher_spec, student_spec)
+    texts = kd_texts(cfg, tokenizer)
+    return KDPlan(kind, name, teacher_spec, student_spec, vocab, texts,
+                  kd_fingerprint(cfg, kind, teacher_id, student_id, texts), tokenizer)
+
+
+def is_current(cfg: Config, plan: KDPlan) -> bool:
+    """Whether a finished KD student of these inputs exists."""
+    from brdlib.train import is_trained, load_summary
+
+    return is_trained(cfg, plan.name) and load_summary(cfg, plan.name).get("fingerprint") == plan.fingerprint
+
+
+def load_teacher(cfg: Config, plan: KDPlan) -> LoadedModel:
+    """The frozen KD teacher on the training device, in ``kd.teacher_dtype``."""
+    from brdlib.models import load_model
+
+    loaded = load_model(plan.teacher_spec, device=cfg.resolved_device(), dtype=_teacher_dtype(cfg))
+    loaded.model.eval()
+    loaded.model.requires_grad_(False)
+    return loaded
+
+
+# Training ------------------------------------------------------------------------------------------------------
+
+
+def _make_kd_trainer_class() -> type:
+    import torch
+
+    from brdlib.train import _make_trainer_class
+
+    class KDTrainer(_make_trainer_class()):
+        """brdlib.train's Trainer (tokens/s logging) with the KD loss against a frozen teacher."""
+
+        kd_teacher: torch.nn.Module | None = None
+        kd_kind: str = "skd"
+        kd_temperature: float = 1.0
+        kd_vocab: int = 0
+
+        def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                         num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+            ids, attention = inputs["input_ids"], inputs["attention_mask"]
+            outputs = model(input_ids=ids, attention_mask=attention)
+            with torch.no_grad():
+                teacher_logits = self.kd_teacher(input_ids=ids, attention_mask=attention).logits
+            v = self.kd_vocab
+            for who, logits in (("student", outputs.logits), ("teacher", teacher_logits)):
+                if logits.shape[-1] < v:
+                    raise KDError(f"the {who}'s logits have {logits.shape[-1]} entries, fewer than the shared "
+                                  f"vocabulary's {v} tokens")
+            loss = kd_loss(outputs.logits[:, :-1, :v], teacher_logits[:, :-1, :v],
+                           next_token_mask(inputs["labels"]), self.kd_kind, self.kd_temperature)
+            return (loss, outputs) if return_outputs else loss
+
+    return KDTrainer
+
+
+def train_kd_student(
+    cfg: Config,
+    kind: str,
+    name: str | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    teacher: LoadedModel | None = None,
+) -> Path:
+    """Distil ``kd.teacher`` into ``kd.student`` with the ``kind`` loss (:data:`KD_KINDS`); save ``students/<name>``.
+
+    ``name`` defaults to ``kind``. A finished student of the same inputs is returned at once (``force`` retrains);
+    an unfinished one resumes from its last complete checkpoint. ``teacher``: an already loaded teacher to reuse
+    (:func:`ensure_kd_students` loads it once for both kinds).
+    """
+    from accelerate import PartialState
+    from transformers import TrainingArguments, default_data_collator
+
+    from brdlib.models import load_model
+    from brdlib.train import (
+        SUMMARY_FILE,
+        _median,
+        _peak_memory_mb,
+        _swap_into_place,
+        checkpoints_dir,
+        last_complete_checkpoint,
+        pack_dataset,
+        per_device_batch,
+        student_dir,
+    )
+
+    state = PartialState(cpu=cfg.resolved_device() == "cpu")
+    plan = plan_kd_student(cfg, kind, name)
+    name, k = plan.name, cfg.kd
+    out, ckpt = student_dir(cfg, name), checkpoints_dir(cfg, name)
+    if not force and is_current(cfg, plan):
+        log.info("KD student %s is up to date: %s", name, out)
+        return out
+
+    stamp = ckpt / "fingerprint.json"
+    if state.is_main_process:
+        stale = not stamp.is_file() or json.loads(stamp.read_text())["fingerprint"] != plan.fingerprint
+        if ckpt.exists() and (force or stale):
+            log.warning("removing checkpoints of %s made from other inputs: %s", name, ckpt)
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"fingerprint": plan.fingerprint, "kind": kind, "teacher": plan.teacher_spec,
+                                     "student": plan.student_spec}))
+        last_complete_checkpoint(ckpt, remove_partial=True)
+    state.wait_for_everyone()
+    resume = last_complete_checkpoint(ckpt)
+
+    device, dtype = cfg.resolved_device(), cfg.resolved_dtype()
+    if teacher is None:
+        teacher = load_teacher(cfg, plan)
+    loaded = load_model(plan.student_spec, device="cpu", dtype="float32")  # fp32 master weights; autocast below
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.config.use_cache = False
+    import datasets
+
+    texts = datasets.Dataset.from_dict({"text": plan.texts})
+    with state.main_process_first():
+        blocks, packing = pack_dataset(texts, tokenizer, k.max_length, cfg.train.pack_batch_passages,
+                                       cache_file=ckpt / f"packed-{k.max_length}-{plan.fingerprint}.arrow")
+    per_device = per_device_batch(k.batch_size, state.num_processes, 1)
+    args = TrainingArguments(
+        output_dir=str(ckpt), max_steps=k.max_steps, per_device_train_batch_size=per_device,
+        learning_rate=k.learning_rate, optim=k.optim, weight_decay=cfg.train.weight_decay,
+        warmup_steps=cfg.train.warmup_steps,
+        lr_scheduler_type=cfg.train.lr_scheduler, save_strategy="steps", save_steps=cfg.train.save_steps,
+        save_total_limit=cfg.train.save_total_limit, logging_strategy="steps", logging_steps=cfg.train.logging_steps,
+        logging_first_step=True, bf16=device == "cuda" and dtype == "bfloat16",
+        fp16=device == "cuda" and dtype == "float16", use_cpu=device == "cpu", seed=cfg.seed, data_seed=cfg.seed,
+        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=not progress,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        remove_unused_columns=False,
+    )
+    trainer = _make_kd_trainer_class()(
+        model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
+        processing_class=tokenizer,
+    )
+    trainer.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer average accumulation
+    trainer.kd_teacher = teacher.model.to(args.device)
+    trainer.kd_kind, trainer.kd_temperature, trainer.kd_vocab = kind, k.temperature, plan.vocab_size
+    log.info("KD %s: %s -> %s, %d steps, %d blocks of %d, resume=%s", kind, plan.teacher_spec, plan.student_spec,
+             k.max_steps, packing.blocks, k.max_length, resume)
+    start_step = start_tokens = 0
+    if resume is not None:
+        resumed = json.loads((resume / "trainer_state.json").read_text())
+        start_step, start_tokens = resumed["global_step"], resumed.get("num_input_tokens_seen", 0)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - started
+
+    model.config.use_cache = True
+    tmp = out.with_name(f".{out.name}.tmp")
+    if state.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    state.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if state.is_main_process:
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        session_tokens = trainer.state.num_input_tokens_seen - start_tokens
+        mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+        peak_mb, peak_kind = _peak_memory_mb(device)
+        summary = {
+            "name": name, "kind": kind, "kind_description": KD_KINDS[kind], "variant": "ori (KD)",
+            "init": plan.student_spec, "teacher": plan.teacher_spec, "fingerprint": plan.fingerprint,
+            "profile": cfg.profile, "student_spec": loaded.spec, "n_params": loaded.n_params,
+            "teacher_n_params": teacher.n_params, "teacher_dtype": teacher.dtype, "vocab_size": plan.vocab_size,
+            "temperature": k.temperature, "steps": trainer.state.global_step, "max_steps": k.max_steps,
+            "global_batch": k.batch_size, "per_device_batch": per_device, "world_size": state.num_processes,
+            "gradient_accumulation_steps": 1, "max_length": k.max_length, "learning_rate": k.learning_rate,
+            "optim": k.optim,
+            "packing": packing.as_dict(), "epochs": round(trainer.state.epoch or 0.0, 3),
+            "loss_mode": f"{kind}: {'forward' if kind == 'skd' else 'reverse'} KL, T={k.temperature:g}",
+            "device": device, "mixed_precision": mixed, "gradient_checkpointing": False,
+            "resumed_from_step": start_step, "session_seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / max(1, trainer.state.global_step - start_step), 2),
+            "session_tokens": int(session_tokens),
+            "tokens_per_second": round(session_tokens / seconds, 1) if seconds > 0 else None,
+            "tokens_per_second_logged_median": _median([h.get("tokens_per_second") for h in history]),
+            "mfu_logged_median": None, "tokens_seen": int(trainer.state.num_input_tokens_seen),
+            "first_loss": history[0]["loss"] if history else None,
+            "final_loss": history[-1]["loss"] if history else None,
+            "train_loss_session_mean": result.training_loss,
+            "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind, "log_history": history,
+        }
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+        _swap_into_place(tmp, out)
+        if not cfg.train.keep_checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        log.info("KD student %s saved to %s (%.0f s)", name, out, seconds)
+    state.wait_for_everyone()
+    return out
+
+
+def ensure_kd_students(cfg: Config, *, progress: bool = True) -> dict[str, str]:
+    """``kind -> model reference`` of both KD baselines, for :func:`brdlib.evaluate.evaluate_models`.
+
+    With ``kd.released`` (paper profile) the released checkpoints are returned as they are. Otherwise each kind's
+    student is trained when missing or stale (the teacher is loaded once for both) and its name is returned
+    (:func:`brdlib.evaluate.resolve_model` finds ``students/<kind>``).
+    """
+    if cfg.kd.released:
+        return {kind: cfg.kd.released[kind] for kind in KD_KINDS}
+    teacher: LoadedModel | None = None
+    refs: dict[str, str] = {}
+    for kind in KD_KINDS:
+        plan = plan_kd_student(cfg, kind)
+        if not is_current(cfg, plan):
+            teacher = teacher or load_teacher(cfg, plan)
+            train_kd_student(cfg, kind, progress=progress, teacher=teacher)
+        refs[kind] = plan.name
+    del teacher
+    gc.collect()  # the teacher's memory, before the notebook loads the next model
+    return refs
+
+
+# Command line -----------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m brdlib.kd PROFILE [key=value ...] [--kind skd|minillm] [--force]``: train KD students."""
+    from brdlib.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m brdlib.kd", description=__doc__.split("\n\n")[0])
+    parser.add_argument("profile", help="profile name or path")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. kd.max_steps=10")
+    parser.add_argument("--kind", choices=list(KD_KINDS), help="one kind (default: both, via ensure_kd_students)")
+    parser.add_argument("--force", action="store_true", help="retrain even if a finished student exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.profile, args.overrides)
+        if args.kind:
+            refs = {args.kind: str(train_kd_student(cfg, args.kind, force=args.force))}
+        else:
+            if args.force:
+                for kind in KD_KINDS:
+                    train_kd_student(cfg, kind, force=True)
+            refs = ensure_kd_students(cfg)
+    except (ConfigError, KDError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for kind, ref in refs.items():
+        print(f"{kind}: {ref}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
