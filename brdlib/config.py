@@ -285,7 +285,30 @@ class ProtocolsConfig(_Strict):
         default=None, gt=0, description="training inputs per task for the relaxed/supervised protocols; null: all"
     )
     relaxed_tasks: list[str] | None = Field(
-        default=None, description="tasks of the relaxed/supervised protocols; null: data.tasks with the reduced BIG-bench set"
+        default=None,
+        description="tasks of the relaxed/supervised protocols ('bigbench': A.3's reduced set); null: the Table 9 "
+        "tasks of data.tasks with the reduced BIG-bench set",
+    )
+    task_batch_size: int | None = Field(
+        default=None, gt=0, description="global batch of the protocol students (blocks/step); null: train.batch_size"
+    )
+    task_max_length: int | None = Field(
+        default=None, gt=0, description="block length of the protocol students (tokens); null: train.max_length"
+    )
+    teacher_sentences_per_input: int | None = Field(
+        default=None, gt=0,
+        description="sentences of each task input the teacher annotates for BRD2 (one field's first sentence, "
+        "then the next field's, ...); the rest stay in the passage unannotated; null: all",
+    )
+    eval_max_examples: int | None = Field(
+        default=None, gt=0, description="held-out examples per task scored (stratified); null: all that the data gives"
+    )
+    tune_max_examples: int | None = Field(
+        default=None, gt=0, description="tune examples per task for checkpoint selection (stratified); null: all"
+    )
+    checkpoint_candidates: int = Field(
+        default=2, gt=0,
+        description="evenly spaced checkpoints (the final model included) compared on the tune split; 1: final only",
     )
     second_teacher_sentences: int | None = Field(
         default=None, gt=0, description="corpus sentences annotated by the second teacher (Table 6); null: all"
@@ -301,7 +324,32 @@ class KDConfig(_Strict):
     batch_size: int = Field(default=8, gt=0)
     max_length: int = Field(default=512, gt=0)
     learning_rate: float = Field(default=1e-4, gt=0)
-    temperature: float = Field(default=1.0, gt=0)
+    temperature: float = Field(default=1.0, gt=0, description="softmax temperature of both distributions (loss x T^2)")
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="dtype of the frozen teacher; auto: the profile's (float32 on CPU)"
+    )
+    optim: str = Field(
+        default="adamw_torch",
+        description="the Trainer's optimizer name (TrainingArguments.optim); adafactor keeps no first moment and "
+        "factors the second, saving ~8 bytes per student parameter",
+    )
+    released: dict[str, str] | None = Field(
+        default=None,
+        description="kind -> released checkpoint (hub id or directory) for both KD kinds (skd, minillm); "
+        "set, nothing is trained (paper: Gu et al.'s GPT-2 760M students)",
+    )
+
+    @field_validator("released")
+    @classmethod
+    def _released_kinds(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        from brdlib.kd import KD_KINDS
+        from brdlib.models import validate_spec
+
+        if set(value) != set(KD_KINDS):
+            raise ValueError(f"kd.released must name exactly the KD kinds {', '.join(KD_KINDS)}; got {sorted(value)}")
+        return {kind: validate_spec(spec) for kind, spec in value.items()}
 
 
 class AnalysisConfig(_Strict):
@@ -310,9 +358,52 @@ class AnalysisConfig(_Strict):
     cross_entropy_average: Literal["arithmetic", "geometric"] = Field(
         default="arithmetic", description="how each model's per-token probabilities become a sequence probability"
     )
-    cross_entropy_max_examples: int | None = Field(default=1000, gt=0, description="instances per task (paper: 1K)")
+    cross_entropy_max_examples: int | None = Field(
+        default=1000, gt=0, description="random instances per BIG-bench task (paper: 1K); null: all"
+    )
+    cross_entropy_max_examples_main: int | None = Field(
+        default=None, gt=0, description="instances per Table 9 task (XNLI ... SST-2); null: the whole test split "
+        "(the paper's Table 5 sums over whole test sets)"
+    )
+    cross_entropy_text: Literal["instance", "candidates"] = Field(
+        default="instance", description="'instance': the prompt with its gold answer, one text per example; "
+        "'candidates': each candidate given the prompt, one text per candidate"
+    )
     probing_max_train: int | None = Field(default=None, gt=0, description="training inputs per task for the probes")
-    probing_c_grid: list[float] = Field(default=[0.01, 0.1, 1.0, 10.0], min_length=1)
+    probing_max_eval: int | None = Field(default=None, gt=0, description="tune and test inputs per task; null: all")
+    probing_tasks: list[str] | None = Field(
+        default=None, description="Table 9 tasks probed; null: every Table 9 task of data.tasks"
+    )
+    probing_c_grid: list[float] = Field(
+        default=[0.01, 0.1, 1.0, 10.0], min_length=1, description="inverse L2 strengths tried; chosen on tune"
+    )
+    data_size_steps: Literal["epochs", "fixed"] = Field(
+        default="epochs", description="'epochs': each size trains train.max_steps x its share of BRD tokens (as "
+        "many passes as the brd student); 'fixed': every size trains protocols.ablation_max_steps"
+    )
+    data_size_fractions: list[float] | None = Field(
+        default=None, description="shares of the passages on the Fig. 2 curve; null: passages.size_fractions"
+    )
+    data_size_max_examples: int | None = Field(
+        default=None, gt=0, description="test examples per task for the Fig. 2 students; null: the profile's"
+    )
+
+    @field_validator("probing_c_grid")
+    @classmethod
+    def _c_positive(cls, value: list[float]) -> list[float]:
+        if any(c <= 0 for c in value):
+            raise ValueError(f"analysis.probing_c_grid values must be positive; got {value}")
+        return sorted(set(value))
+
+    @field_validator("data_size_fractions")
+    @classmethod
+    def _size_fractions(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        bad = [f for f in value if not 0 < f <= 1]
+        if bad or not value:
+            raise ValueError(f"analysis.data_size_fractions must be a non-empty list in (0, 1]; got {value}")
+        return sorted(set(value))
 
 
 class Config(_Strict):
