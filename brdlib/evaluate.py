@@ -181,11 +181,12 @@ def evaluate_models(
     """
     import pandas as pd
 
-    frames = [evaluate_model(cfg, ref, role, tasks, split, max_examples=max_examples, progress=progress)
-              for role, ref in models.items()]
-    predictions = pd.concat(frames, ignore_index=True)
-    save_predictions(cfg, predictions, split)
-    return predictions
+    frames = []
+    for role, ref in models.items():
+        frame = evaluate_model(cfg, ref, role, tasks, split, max_examples=max_examples, progress=progress)
+        save_predictions(cfg, frame, split)  # per model: a crash later keeps every model already scored
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def save_predictions(cfg: Config, predictions: pd.DataFrame, split: str = "test") -> list[Path]:
