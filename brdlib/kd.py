@@ -47,7 +47,6 @@ import json
 import logging
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,20 +376,9 @@ def train_kd_student(
     trainer.kd_kind, trainer.kd_temperature, trainer.kd_vocab = kind, k.temperature, plan.vocab_size
     log.info("KD %s: %s -> %s, %d steps, %d blocks of %d, resume=%s", kind, plan.teacher_spec, plan.student_spec,
              k.max_steps, packing.blocks, k.max_length, resume)
-    start_step = start_tokens = 0
-    if resume is not None:
-        resumed = json.loads((resume / "trainer_state.json").read_text())
-        start_step, start_tokens = resumed["global_step"], resumed.get("num_input_tokens_seen", 0)
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - started
+    from brdlib.train import run_and_save
 
-    model.config.use_cache = True
-    tmp = out.with_name(f".{out.name}.tmp")
-    if state.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    state.wait_for_everyone()
-    trainer.save_model(str(tmp))
+    result, seconds, tmp, start_step, start_tokens = run_and_save(trainer, state, model, out, resume)
     if state.is_main_process:
         history = [h for h in trainer.state.log_history if "loss" in h]
         session_tokens = trainer.state.num_input_tokens_seen - start_tokens

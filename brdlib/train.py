@@ -450,6 +450,30 @@ def _ensure_variant(cfg: Config, variant: str) -> dict[str, Any]:
     return load_card(cfg, variant)
 
 
+def run_and_save(trainer: Any, state: Any, model: Any, out: Path, resume: Path | None,
+                 loss_context: Any = None) -> tuple[Any, float, Path, int, int]:
+    """Train (resuming from ``resume``) and save the model to ``.<out>.tmp``; shared by students and KD students.
+
+    Every process calls save_model (FSDP gathers the weights); the caller's main process writes the summary and
+    swaps the folder into place. Returns (train result, seconds, temp folder, start step, start tokens).
+    """
+    start_step = start_tokens = 0
+    if resume is not None:
+        resumed = json.loads((resume / "trainer_state.json").read_text())
+        start_step, start_tokens = resumed["global_step"], resumed.get("num_input_tokens_seen", 0)
+    started = time.perf_counter()
+    with loss_context if loss_context is not None else contextlib.nullcontext():
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - started
+    model.config.use_cache = True
+    tmp = out.with_name(f".{out.name}.tmp")
+    if state.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    state.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    return result, seconds, tmp, start_step, start_tokens
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
     old = out.with_name(f".{out.name}.old")
     if old.exists():
@@ -583,22 +607,8 @@ def train_student(
         check_chunked_loss(model, t.loss_chunk_tokens)
     log.info("training %s on %s from %s: %d steps, %d blocks of %d, pad %.2f%%, resume=%s", name, variant,
              init_spec, steps, packing.blocks, t.max_length, 100 * packing.pad_fraction, resume)
-    start_step = start_tokens = 0
-    if resume is not None:
-        resumed = json.loads((resume / "trainer_state.json").read_text())
-        start_step, start_tokens = resumed["global_step"], resumed.get("num_input_tokens_seen", 0)
-    started = time.perf_counter()
-    with chunked_loss(model, t.loss_chunk_tokens) if chunked else contextlib.nullcontext():
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - started
-
-    # Save: every process calls save_model (FSDP gathers the weights); the main process writes the rest.
-    model.config.use_cache = True
-    tmp = out.with_name(f".{out.name}.tmp")
-    if state.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    state.wait_for_everyone()
-    trainer.save_model(str(tmp))
+    loss_context = chunked_loss(model, t.loss_chunk_tokens) if chunked else contextlib.nullcontext()
+    result, seconds, tmp, start_step, start_tokens = run_and_save(trainer, state, model, out, resume, loss_context)
     if state.is_main_process:
         history = [h for h in trainer.state.log_history if "loss" in h]
         session_tokens = trainer.state.num_input_tokens_seen - start_tokens
