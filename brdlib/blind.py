@@ -185,17 +185,29 @@ def kd_brd_student_name(kd_role: str) -> str:
     return f"{kd_role}_brd"
 
 
+def kd_brd_config(cfg: Config) -> Config:
+    """The profile with ``train.batch_size``/``train.max_length`` replaced by ``kd.brd_batch_size``/
+    ``kd.brd_max_length`` where set (the KD students are ~4x the student's size; smoke trains them smaller)."""
+    k = cfg.kd
+    update = {key: value for key, value in (("batch_size", k.brd_batch_size), ("max_length", k.brd_max_length))
+              if value is not None}
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)}) if update else cfg
+
+
 def train_kd_brd_students(cfg: Config, kd_refs: Mapping[str, str], progress: bool = True) -> dict[str, str]:
-    """'+BRD' (§5.1): continue training each KD student on D_TRAIN (variant ``brd``) for
-    ``protocols.ablation_max_steps``. Returns role (``skd_brd``, ...) -> student name."""
+    """'+BRD' (§5.1): continue training each KD student on D_TRAIN (variant ``brd``) for ``kd.brd_max_steps``
+    (default ``protocols.ablation_max_steps``) at :func:`kd_brd_config`'s batch and length.
+    Returns role (``skd_brd``, ...) -> student name."""
     from brdlib.assemble import assemble_all
     from brdlib.train import train_student
 
     assemble_all(cfg, ["brd"])
+    train_cfg = kd_brd_config(cfg)
     out = {}
     for role, ref in kd_refs.items():
         name = kd_brd_student_name(role)
-        train_student(cfg, "brd", name, init=ref, max_steps=_steps(cfg), progress=progress)
+        train_student(train_cfg, "brd", name, init=ref, max_steps=cfg.kd.brd_max_steps or _steps(cfg),
+                      progress=progress)
         out[name] = name
     return out
 

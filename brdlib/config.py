@@ -325,6 +325,12 @@ class KDConfig(_Strict):
     max_length: int = Field(default=512, gt=0)
     learning_rate: float = Field(default=1e-4, gt=0)
     temperature: float = Field(default=1.0, gt=0, description="softmax temperature of both distributions (loss x T^2)")
+    brd_max_steps: int | None = Field(
+        default=None, gt=0,
+        description="steps of Table 4's '+BRD' training of each KD student; None: protocols.ablation_max_steps",
+    )
+    brd_batch_size: int | None = Field(default=None, gt=0, description="'+BRD' batch size; None: train.batch_size")
+    brd_max_length: int | None = Field(default=None, gt=0, description="'+BRD' block length; None: train.max_length")
     teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="dtype of the frozen teacher; auto: the profile's (float32 on CPU)"
     )

@@ -279,3 +279,13 @@ def test_kd_rows_name_the_init_model_only_when_trained_here(cfg):
     paper = load_config("paper")
     if getattr(paper.kd, "released", None):
         assert blind.KD_BASE_ROLE not in blind.kd_models(paper, refs, brd)
+
+
+def test_kd_brd_training_uses_its_own_batch_and_length(cfg):
+    assert (cfg.kd.brd_batch_size, cfg.kd.brd_max_length) == (1, 32)
+    derived = blind.kd_brd_config(cfg)
+    assert (derived.train.batch_size, derived.train.max_length) == (1, 32)
+    assert derived.train.learning_rate == cfg.train.learning_rate and derived.data == cfg.data
+    assert (cfg.train.batch_size, cfg.train.max_length) != (1, 32)  # the profile itself is untouched
+    unset = cfg.model_copy(update={"kd": cfg.kd.model_copy(update={"brd_batch_size": None, "brd_max_length": None})})
+    assert blind.kd_brd_config(unset) is unset
