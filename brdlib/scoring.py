@@ -125,17 +125,51 @@ def _score_batch(model: Any, pad_id: int, batch: list[tuple[list[int], list[list
     return results
 
 
+MAX_BATCH_LOGITS = 2**28  # output-layer elements per candidate pass (1 GiB in fp32), whatever batch_size says
+
+
+def plan_batches(units: Sequence[tuple[Any, Any, list[int], list[list[int]]]], order: Sequence[int],
+                 batch_size: int, vocab_size: int, max_logits: int = MAX_BATCH_LOGITS) -> list[list[int]]:
+    """Split ``order`` (unit indices) into batches of at most ``batch_size`` prompts whose candidate pass
+    (candidates x longest candidate x vocabulary logits) stays within ``max_logits``; a prompt whose candidates
+    alone exceed it gets a batch of its own. Without this bound, 8 BIG-bench prompts with 10 candidates of
+    ~300 tokens each ask a 152K-vocabulary model for ~15 GB of logits."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    n_cands = longest = 0
+    for u in order:
+        conts = units[u][3]
+        more, length = n_cands + len(conts), max(longest, max(len(c) for c in conts))
+        if current and (len(current) >= batch_size or more * length * vocab_size > max_logits):
+            batches.append(current)
+            current, more, length = [], len(conts), max(len(c) for c in conts)
+        current.append(u)
+        n_cands, longest = more, length
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _vocab_size(model: Any, tokenizer: Any) -> int:
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None and getattr(out, "weight", None) is not None:
+        return int(out.weight.shape[0])
+    return int(getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer))
+
+
 def score_candidates(
     model: Any,
     tokenizer: Any,
     groups: Sequence[tuple[str, Sequence[str]]],
     batch_size: int = 8,
     progress: bool = False,
+    max_logits: int = MAX_BATCH_LOGITS,
 ) -> list[list[CandidateScore]]:
     """Scores of every candidate of every (prompt, candidates) group, in the input order.
 
-    ``batch_size`` counts examples; their candidates ride along. Examples are sorted by length
-    (longest first, so an out-of-memory error shows at once) and the results put back in order.
+    ``batch_size`` counts examples; their candidates ride along, within a memory bound of ``max_logits``
+    output-layer elements per batch (:func:`plan_batches`). Examples are sorted by length (longest first, so an
+    out-of-memory error shows at once) and the results put back in order.
     """
     from tqdm.auto import tqdm
 
@@ -159,8 +193,8 @@ def score_candidates(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[list[CandidateScore | None]] = [[None] * len(pairs) for pairs in encoded]
     bar = tqdm(total=len(units), desc="scoring", unit="prompt", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        chunk = [units[u] for u in order[start:start + batch_size]]
+    for planned in plan_batches(units, order, batch_size, _vocab_size(model, tokenizer), max_logits):
+        chunk = [units[u] for u in planned]
         scored = _score_batch(model, pad_id, [(ctx, conts) for _, _, ctx, conts in chunk])
         for (g, idxs, _, _), scores in zip(chunk, scored, strict=True):
             for j, s in zip(idxs, scores, strict=True):

@@ -42,6 +42,30 @@ def test_batched_scores_match_the_unbatched_reference(tiny, batch_size):
             assert got.sum_logprob == pytest.approx(ref.sum_logprob, abs=1e-4)
 
 
+def test_a_small_logit_budget_splits_batches_without_changing_scores(tiny):
+    vocab = tiny.model.get_output_embeddings().weight.shape[0]
+    wide = score_candidates(tiny.model, tiny.tokenizer, GROUPS, batch_size=16)
+    narrow = score_candidates(tiny.model, tiny.tokenizer, GROUPS, batch_size=16, max_logits=3 * vocab)
+    for a, b in zip(wide, narrow, strict=True):
+        assert [s.n_tokens for s in a] == [s.n_tokens for s in b]
+        assert [s.sum_logprob for s in a] == pytest.approx([s.sum_logprob for s in b], abs=1e-4)
+
+
+def test_batches_keep_the_candidate_pass_within_the_logit_budget():
+    from brdlib.scoring import plan_batches
+
+    units = [(0, [0, 1], [1] * 50, [[1] * 300, [2] * 10]),   # 2 candidates x 300 tokens
+             (1, [0], [1] * 40, [[3] * 5]),
+             (2, [0, 1, 2], [1] * 30, [[4] * 2, [5], [6] * 3]),
+             (3, [0], [1] * 20, [[7]])]
+    order = [0, 1, 2, 3]
+    assert plan_batches(units, order, batch_size=8, vocab_size=10, max_logits=10**9) == [[0, 1, 2, 3]]
+    assert plan_batches(units, order, batch_size=2, vocab_size=10, max_logits=10**9) == [[0, 1], [2, 3]]
+    # 2 x 300 x 10 = 6000 > 1000: the first prompt alone; then 1 + 3 candidates x 5 tokens x 10 = 200, + 1 -> 250
+    assert plan_batches(units, order, batch_size=8, vocab_size=10, max_logits=1000) == [[0], [1, 2, 3]]
+    assert plan_batches(units, order, batch_size=8, vocab_size=10, max_logits=200) == [[0], [1, 2], [3]]
+
+
 def test_reference_is_a_real_log_probability(tiny):
     s = score_reference(tiny.model, tiny.tokenizer, "Paris is", " the capital")
     assert s.sum_logprob < 0 and s.n_tokens >= 1
