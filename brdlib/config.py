@@ -87,6 +87,9 @@ class DataConfig(_Strict):
         default=None, gt=0, description="stratified subsample per task; null for the full split"
     )
     max_bigbench_tasks: int | None = Field(default=None, gt=0, description="BIG-bench tasks used; null for all")
+    bigbench_exclude: list[str] = Field(
+        default_factory=list, description="selected BIG-bench tasks left out before sampling (say why in the profile)"
+    )
     # Corpus processing (brdlib.corpus) -------------------------------------------------------------
     cc100_url: str = Field(
         default="https://data.statmt.org/cc-100/en.txt.xz",

@@ -714,6 +714,11 @@ def bigbench_task_selection(cfg: Config) -> list[str]:
         if missing:
             log.info("BIG-bench: %d selected tasks not in %s: %s", len(missing), tasks_dir, ", ".join(missing))
         names = [n for n in names if n not in missing]
+    unknown = sorted(set(cfg.data.bigbench_exclude) - set(bigbench.selected_tasks()))
+    if unknown:
+        raise TaskDataError(f"data.bigbench_exclude names {', '.join(unknown)}, not among the selected BIG-bench tasks "
+                        f"(configs/bigbench_selection.csv, column 'task' where selected is True)")
+    names = [n for n in names if n not in set(cfg.data.bigbench_exclude)]
     k = cfg.data.max_bigbench_tasks
     if k is not None and k < len(names):
         names = sorted(random.Random(cfg.data.split_seed).sample(names, k))

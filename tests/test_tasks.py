@@ -321,6 +321,15 @@ def test_task_names_expand_bigbench_to_available_selected_tasks():
                                                                     "logical_deduction")}
 
 
+def test_bigbench_exclude_leaves_tasks_out_before_sampling_and_rejects_unknown_names():
+    full = [t for t in task_names(load_config("tiny", ["data.max_bigbench_tasks=null"])) if t.startswith("bigbench:")]
+    dropped = full[0].split(":", 1)[1]
+    kept = task_names(load_config("tiny", ["data.max_bigbench_tasks=null", f"data.bigbench_exclude=[{dropped}]"]))
+    assert [t for t in kept if t.startswith("bigbench:")] == full[1:]
+    with pytest.raises(TaskDataError, match="not_a_task.*bigbench_selection.csv"):
+        task_names(load_config("tiny", ["data.bigbench_exclude=[not_a_task]"]))
+
+
 def _task(tmp_path: Path, name: str, keywords: list[str], inputs: list[str], preferred="multiple_choice_grade"):
     folder = tmp_path / name
     folder.mkdir(parents=True)
