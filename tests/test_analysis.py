@@ -166,17 +166,9 @@ def test_data_size_curve_helpers():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", ["07_cross_entropy", "08_probing", "09_data_size"])
-def test_notebook_runs_on_tiny(notebook, tmp_path_factory):
-    import papermill as pm
-
-    from brdlib.config import REPO_ROOT
-
-    root = tmp_path_factory.getbasetemp() / "analysis_run"  # shared: the brd student trains once
-    out = tmp_path_factory.mktemp("nb") / f"{notebook}.ipynb"
-    pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{notebook}.ipynb"), str(out),
-                        parameters={"profile": "tiny", "overrides": [f"output_root={root}"]},
-                        cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
-    figures = root / "figures" / "tiny"
+def test_notebook_writes_its_table_and_figure_on_tiny(notebook, tiny_study):
+    tiny_study.executed(notebook)
+    figures = tiny_study.figures
     expected = {"07_cross_entropy": ["07_table5.csv", "07_cross_entropy.png"],
                 "08_probing": ["08_probing.csv", "08_figure4.png"],
                 "09_data_size": ["09_data_size.csv", "09_figure2.png"]}[notebook]

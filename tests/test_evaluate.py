@@ -7,7 +7,6 @@ import math
 import sqlite3
 import sys
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,7 +26,7 @@ from brdlib.evaluate import (
     results_table,
 )
 from brdlib.report import paper_rows
-from brdlib.runner import NOTEBOOK_DIR, execute
+from brdlib.runner import NOTEBOOK_DIR
 from brdlib.scoring import CandidateScore
 
 TASKS = ["rte", "sst2"]
@@ -248,13 +247,10 @@ def test_bigbench_per_task_and_figure(cfg):
 
 
 @pytest.mark.slow
-def test_notebook_04_runs_on_tiny(tmp_path):
-    overrides = [f"output_root={tmp_path}", "models.extra.second_teacher=tiny-random:2"]  # exercises Table 6
-    result = execute(NOTEBOOK_DIR / "04_blind_test.ipynb", tmp_path / "runs", "tiny", overrides)
-    assert result.ok, result.error
-    executed = nbformat.read(tmp_path / "runs" / "04_blind_test.ipynb", as_version=4)
-    assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    figures = tmp_path / "figures" / "tiny"
+def test_notebook_04_writes_every_blind_table_on_tiny(tiny_study):
+    assert "models.extra.second_teacher=tiny-random:2" in tiny_study.OVERRIDES  # exercises Table 6
+    tiny_study.executed("04_blind_test")
+    figures = tiny_study.figures
     for stem in ["04_table3_blind", "04_figure3_bigbench", "04_table12", "04_table7", "04_table6"]:
         for ext in ("csv", "md", "tex"):
             assert (figures / f"{stem}.{ext}").is_file(), f"{stem}.{ext}"
@@ -265,7 +261,7 @@ def test_notebook_04_runs_on_tiny(tmp_path):
     table6 = pd.read_csv(figures / "04_table6.csv").set_index("role")
     assert table6.loc["brd_second_teacher", "xnli: paper"] == 32.0 and table6.loc["brd", "xnli: paper"] == 33.7
     assert not pd.isna(table6.loc["brd_second_teacher", "xnli: ours (tiny)"])
-    students = tmp_path / "data" / "tiny" / "students"
+    students = tiny_study.root / "data" / "tiny" / "students"
     assert {"brd", "further", "brd_minus_sentdata", "brd_sentence_level", "brd_subset_teacher",
             "brd_subset_second_teacher"} <= {p.name for p in students.iterdir()}
     kd_available = (NOTEBOOK_DIR.parent / "brdlib" / "kd.py").is_file()

@@ -6,7 +6,7 @@ import re
 import nbformat
 import pytest
 
-from brdlib.runner import NOTEBOOK_DIR, run, stage_notebooks
+from brdlib.runner import NOTEBOOK_DIR, stage_notebooks
 
 ALL_NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 STAGES = stage_notebooks()
@@ -42,20 +42,17 @@ def test_committed_notebooks_carry_no_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", STAGES, ids=lambda p: p.stem)
-def test_stage_executes_on_tiny(path, tmp_path):
-    results = run("tiny", [f"output_root={tmp_path}"], only=[path.stem])
-    assert [r.ok for r in results] == [True], results[0].error
-    executed = nbformat.read(tmp_path / "runs" / "tiny" / path.name, as_version=4)
-    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
-    summary = json.loads((tmp_path / "runs" / "tiny" / "run_summary.json").read_text())
-    assert summary["profile"] == "tiny" and summary["notebooks"][0]["ok"]
+def test_stage_executes_on_tiny(path, tiny_study):
+    tiny_study.executed(path.stem)
+    summary = json.loads((tiny_study.runs / "run_summary.json").read_text())
+    assert summary["profile"] == "tiny"
+    assert {n["notebook"]: n["ok"] for n in summary["notebooks"]}[path.name] is True
 
 
 @pytest.mark.slow
-def test_setup_notebook_tables_name_profile_and_models(tmp_path):
-    run("tiny", [f"output_root={tmp_path}"], only=["00_setup"])
-    md = (tmp_path / "figures" / "tiny" / "00_models.md").read_text()
+def test_setup_notebook_tables_name_profile_and_models(tiny_study):
+    tiny_study.executed("00_setup")
+    md = (tiny_study.figures / "00_models.md").read_text()
     assert "tiny-random:1" in md and "profile=tiny (tiny, numbers meaningless)" in md
     assert re.search(r"\| teacher .*\| cpu ", md)
-    assert (tmp_path / "figures" / "tiny" / "00_model_sizes.png").stat().st_size > 1000
+    assert (tiny_study.figures / "00_model_sizes.png").stat().st_size > 1000

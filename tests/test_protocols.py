@@ -11,7 +11,7 @@ import pytest
 
 from brdlib import protocols as P
 from brdlib.assemble import load_card, load_variant
-from brdlib.config import REPO_ROOT, load_config
+from brdlib.config import load_config
 from brdlib.tasks import Example
 from brdlib.teacher import BehaviourRecord
 
@@ -241,18 +241,9 @@ def test_train_selected_keeps_the_best_tune_checkpoint(tmp_path, monkeypatch):
                          "05_pseudo_labels", "05_checkpoints"]),
     ("06_supervised", ["06_table3_supervised", "06_table10", "06_checkpoints"]),
 ])
-def test_notebook_runs_on_tiny(stem, outputs, tmp_path):
-    import nbformat
-
-    from brdlib.runner import execute
-
-    root = tmp_path / "run"
-    nb = REPO_ROOT / "notebooks" / f"{stem}.ipynb"
-    result = execute(nb, tmp_path / "executed", "tiny", [f"output_root={root}"])
-    assert result.ok, result.error
-    executed = nbformat.read(tmp_path / "executed" / nb.name, as_version=4)
-    assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    figures = root / "figures" / "tiny"
+def test_notebook_writes_its_tables_on_tiny(stem, outputs, tiny_study):
+    tiny_study.executed(stem)
+    root, figures = tiny_study.root, tiny_study.figures
     for name in outputs:
         md = (figures / f"{name}.md").read_text()
         assert "profile=tiny (tiny, numbers meaningless)" in md, name
