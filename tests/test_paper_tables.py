@@ -11,6 +11,8 @@ from brdlib.paper_tables import (
     artefact_agreement,
     artefact_index,
     claim_checks,
+    load_ours,
+    ours_by_file,
     ours_from_wide,
     table3_figure,
 )
@@ -82,3 +84,25 @@ def test_index_agreement_and_figure(cfg):
     assert t3["comparisons same direction"] == "1 of 1"
     fig = table3_figure(cfg)
     assert fig.axes
+
+
+def test_blind_reference_rows_are_not_replaced_by_the_protocol_blocks(cfg):
+    # 05/06 repeat student_base and brd, scored on the protocols' held-out split: Table 3's comparisons and the
+    # blind panel of the figure keep the blind numbers; each block's panel shows its own
+    save_table(results_table(cfg, _accuracy({"brd": 60.0, "student_base": 50.0}), "table3", setting="blind"),
+               cfg, "04_table3_blind")
+    save_table(results_table(cfg, _accuracy({"sft": 70.0, "brd2_sft": 72.0, "student_base": 40.0, "brd": 41.0}),
+                             "table3", setting="supervised"), cfg, "06_table3_supervised")
+    art = next(a for a in ARTEFACTS if a.reference == "table3")
+    ours = load_ours(cfg, art).set_index(["role", "task"])["value"]
+    assert ours[("brd", "average")] == 60.0 and ours[("student_base", "average")] == 50.0
+    assert ours[("sft", "average")] == 70.0
+    by_file = ours_by_file(cfg, art)
+    assert set(by_file.query("role == 'brd' and task == 'average'")["value"]) == {60.0, 41.0}
+    checks = claim_checks(cfg)
+    row = checks[(checks["table"] == "table3") & (checks["comparison"] == "brd − student_base")].iloc[0]
+    assert row[f"ours ({cfg.profile}) Δ"] == pytest.approx(10.0)
+    fig = table3_figure(cfg)
+    blind_axis = next(ax for ax in fig.axes if ax.get_title() == "blind")
+    heights = sorted(round(b.get_height(), 1) for b in blind_axis.patches if b.get_height() == b.get_height())
+    assert 60.0 in heights and 50.0 in heights and 41.0 not in heights
