@@ -209,22 +209,53 @@ def agreement_summary(checks: pd.DataFrame) -> str:
             f"({len(checks) - len(ran)} not run on this profile)")
 
 
-def table3_figure(cfg: Config) -> object:
-    """Average accuracy of every Table 3 row, ours beside the paper's (bars), one panel per block."""
-    import matplotlib.pyplot as plt
+TABLE3_BLOCKS = {"04_table3_blind": "blind", "05_table3_relaxed": "relaxed", "06_table3_supervised": "supervised"}
+
+
+def _table3_average_cells(cfg: Config) -> pd.DataFrame:
+    """Table 3's Average column, long: setting, role, value, source (``ours (<profile>)`` or ``paper``)."""
     import pandas as pd
-    import seaborn as sns
 
     from brdlib.report import paper_table
 
     art = next(a for a in ARTEFACTS if a.reference == "table3")
     ours = ours_by_file(cfg, art)  # each block's own rows, reference rows included
+    ours = ours[ours["task"] == "average"].assign(setting=lambda d: d["file"].map(TABLE3_BLOCKS))
     paper = paper_table("table3")
-    blocks = {"04_table3_blind": "blind", "05_table3_relaxed": "relaxed", "06_table3_supervised": "supervised"}
-    ours = ours[ours["task"] == "average"].assign(setting=lambda d: d["file"].map(blocks))
     paper = paper[paper["task"] == "average"][["setting", "role", "value"]]
-    both = pd.concat([ours[["setting", "role", "value"]].assign(source=f"ours ({cfg.profile})"),
+    return pd.concat([ours[["setting", "role", "value"]].assign(source=f"ours ({cfg.profile})"),
                       paper.assign(source="paper")], ignore_index=True)
+
+
+def table3_averages(cfg: Config) -> pd.DataFrame:
+    """Table 3's Average per test and row: the paper's model name, ours, the paper's and ours − paper."""
+    from brdlib.report import paper_table
+
+    cells = _table3_average_cells(cfg)
+    wide = cells.pivot_table(index=["setting", "role"], columns="source", values="value", sort=False).reset_index()
+    ours_col = f"ours ({cfg.profile})"
+    for col in (ours_col, "paper"):
+        if col not in wide:
+            wide[col] = float("nan")
+    wide.columns.name = None
+    paper_rows = paper_table("table3").drop_duplicates(["setting", "role"]).reset_index(drop=True)
+    names = paper_rows.set_index(["setting", "role"])["model"]
+    keys = list(zip(wide["setting"], wide["role"], strict=True))
+    wide.insert(2, "model (paper)", [names.get(k, "reference row (the protocols' held-out split)") for k in keys])
+    wide["delta"] = (wide[ours_col] - wide["paper"]).round(1)
+    paper_order = {k: i for i, k in enumerate(zip(paper_rows["setting"], paper_rows["role"], strict=True))}
+    block = {s: i for i, s in enumerate(TABLE3_BLOCKS.values())}
+    wide["_order"] = [(block.get(k[0], 9), paper_order.get(k, len(paper_order))) for k in keys]
+    wide = wide.sort_values("_order", kind="stable").rename(columns={"setting": "test"})
+    return wide[["test", "role", "model (paper)", ours_col, "paper", "delta"]].reset_index(drop=True)
+
+
+def table3_figure(cfg: Config) -> object:
+    """Average accuracy of every Table 3 row, ours beside the paper's (bars), one panel per block."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    both = _table3_average_cells(cfg)
     settings = [s for s in ("blind", "relaxed", "supervised") if s in set(both["setting"])]
     widths = [max(1, both[both["setting"] == s]["role"].nunique()) for s in settings]
     fig, axes = plt.subplots(1, len(settings), figsize=(2 + 0.9 * sum(widths), 3.6), sharey=True,

@@ -14,6 +14,7 @@ from brdlib.paper_tables import (
     load_ours,
     ours_by_file,
     ours_from_wide,
+    table3_averages,
     table3_figure,
 )
 from brdlib.report import paper_table, save_table
@@ -106,3 +107,10 @@ def test_blind_reference_rows_are_not_replaced_by_the_protocol_blocks(cfg):
     blind_axis = next(ax for ax in fig.axes if ax.get_title() == "blind")
     heights = sorted(round(b.get_height(), 1) for b in blind_axis.patches if b.get_height() == b.get_height())
     assert 60.0 in heights and 50.0 in heights and 41.0 not in heights
+
+    averages = table3_averages(cfg).set_index(["test", "role"])
+    assert averages.loc[("blind", "brd"), f"ours ({cfg.profile})"] == 60.0
+    assert averages.loc[("supervised", "brd"), f"ours ({cfg.profile})"] == 41.0
+    sft = averages.loc[("supervised", "sft")]
+    assert sft["delta"] == pytest.approx(70.0 - sft["paper"])
+    assert averages.loc[("blind", "large_baseline"), "model (paper)"] == "XGLM-7.5B"  # the paper's rows we lack too
