@@ -189,9 +189,8 @@ def kd_brd_config(cfg: Config) -> Config:
     """The profile with ``train.batch_size``/``train.max_length`` replaced by ``kd.brd_batch_size``/
     ``kd.brd_max_length`` where set (the KD students are ~4x the student's size; smoke trains them smaller)."""
     k = cfg.kd
-    update = {key: value for key, value in (("batch_size", k.brd_batch_size), ("max_length", k.brd_max_length))
-              if value is not None}
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)}) if update else cfg
+    return cfg.with_train({key: value for key, value in (("batch_size", k.brd_batch_size),
+                                                         ("max_length", k.brd_max_length)) if value is not None})
 
 
 def train_kd_brd_students(cfg: Config, kd_refs: Mapping[str, str], progress: bool = True) -> dict[str, str]:

@@ -480,6 +480,11 @@ class Config(_Strict):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "float32"
 
+    def with_train(self, update: Mapping[str, Any]) -> Config:
+        """This profile with the ``train`` keys in ``update`` replaced (a student trained at other settings than
+        the profile's: the protocol students, Table 4's '+BRD'); ``self`` when ``update`` is empty."""
+        return self.model_copy(update={"train": self.train.model_copy(update=dict(update))}) if update else self
+
     def caption(self) -> str:
         """One line naming the profile, its models and data sizes, for every table and figure."""
         m = self.models

@@ -522,12 +522,11 @@ def training_config(cfg: Config) -> Config:
     set), a checkpoint every ``ceil(steps / protocols.checkpoint_candidates)`` steps, all kept."""
     p, t = cfg.protocols, cfg.train
     steps = p.task_max_steps or t.max_steps
-    train = t.model_copy(update={
+    return cfg.with_train({
         "batch_size": p.task_batch_size or t.batch_size, "max_length": p.task_max_length or t.max_length,
         "save_steps": max(1, math.ceil(steps / p.checkpoint_candidates)), "save_total_limit": None,
         "keep_checkpoints": True,
     })
-    return cfg.model_copy(update={"train": train})
 
 
 def ensure_brd_student(cfg: Config, progress: bool = True) -> Path:

@@ -707,18 +707,19 @@ def split_info(cfg: Config, task: str) -> SplitInfo:
 
 def bigbench_task_selection(cfg: Config) -> list[str]:
     """Selected BIG-bench tasks available to the profile, a seeded sample of ``data.max_bigbench_tasks``."""
-    names = bigbench.selected_tasks()
+    selected = bigbench.selected_tasks()
+    excluded = set(cfg.data.bigbench_exclude)
+    unknown = sorted(excluded - set(selected))
+    if unknown:
+        raise TaskDataError(f"data.bigbench_exclude names {', '.join(unknown)}, not among the selected BIG-bench tasks "
+                            f"(configs/bigbench_selection.csv, column 'task' where selected is True)")
+    names = [n for n in selected if n not in excluded]
     if cfg.data.source != "hub" or cfg.data.bigbench_dir is not None:
         tasks_dir = bigbench.bigbench_tasks_dir(cfg)
         missing = [n for n in names if bigbench.task_json_path(tasks_dir / n) is None]
         if missing:
             log.info("BIG-bench: %d selected tasks not in %s: %s", len(missing), tasks_dir, ", ".join(missing))
         names = [n for n in names if n not in missing]
-    unknown = sorted(set(cfg.data.bigbench_exclude) - set(bigbench.selected_tasks()))
-    if unknown:
-        raise TaskDataError(f"data.bigbench_exclude names {', '.join(unknown)}, not among the selected BIG-bench tasks "
-                        f"(configs/bigbench_selection.csv, column 'task' where selected is True)")
-    names = [n for n in names if n not in set(cfg.data.bigbench_exclude)]
     k = cfg.data.max_bigbench_tasks
     if k is not None and k < len(names):
         names = sorted(random.Random(cfg.data.split_seed).sample(names, k))
