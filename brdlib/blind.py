@@ -39,6 +39,9 @@ KD_BASE_ROLE = "kd_student_base"
 """Our row for the KD students' own initial model (``kd.student``): the paper's Table 4 blocks are these models."""
 TABLE4_BLOCK = "GPT-2 760M"
 """The paper's Table 4 block our KD rows are set beside: the KD students its Table 3 uses."""
+TABLE3_ROLES: tuple[str, ...] = ("teacher", "large_baseline", "student_base", "further", "skd", "minillm", "brd")
+"""Table 3's blind rows, in the paper's order: the only roles with a BIG-bench column (Table 3, Figure 3). Every
+other blind table (4, 6, 7, 12) shows the six Table 9 tasks, so its other rows are scored on those alone."""
 
 
 class BlindError(ValueError):
@@ -57,6 +60,35 @@ def blind_models(cfg: Config) -> dict[str, str]:
     """Table 3's models of the profile, paper role -> model reference: the teacher, the student before BRD
     (``student_base``), after BRD (``brd``), FURTHER, and every known extra role."""
     return {"teacher": "teacher", "student_base": "student", "brd": "brd", "further": "further", **extra_roles(cfg)}
+
+
+def main_tasks(cfg: Config) -> list[str]:
+    """The profile's tasks without BIG-bench: the columns of Tables 4, 6, 7 and 12."""
+    from brdlib.tasks import task_names
+
+    return [t for t in task_names(cfg) if not t.startswith("bigbench:")]
+
+
+def evaluate_blind(cfg: Config, models: Mapping[str, str], progress: bool = True) -> pd.DataFrame:
+    """Score ``models`` (role -> model reference) on the blind test: :data:`TABLE3_ROLES` on every task of the
+    profile, the other roles (second teacher, ablation, KD '+BRD' and Table 6 students) on :func:`main_tasks` only,
+    as no table shows them on BIG-bench (on smoke that saves about a third of their scoring time)."""
+    import pandas as pd
+
+    from brdlib.evaluate import evaluate_models
+
+    full = {r: m for r, m in models.items() if r in TABLE3_ROLES}
+    main = {r: m for r, m in models.items() if r not in TABLE3_ROLES}
+    tasks = main_tasks(cfg)
+    if main and not tasks:
+        raise BlindError(f"roles {', '.join(main)} are scored on the six Table 9 tasks, but the profile's tasks are "
+                         f"{cfg.data.tasks}; add some of xnli, rte, cb, pawsx, boolq, sst2 to data.tasks")
+    frames = [evaluate_models(cfg, full, progress=progress)] if full else []
+    if main:
+        frames.append(evaluate_models(cfg, main, tasks, progress=progress))
+    if not frames:
+        raise BlindError("no models to score")
+    return pd.concat(frames, ignore_index=True)
 
 
 def _steps(cfg: Config) -> int | None:

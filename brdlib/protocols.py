@@ -688,10 +688,11 @@ def selection_table(selections: Mapping[str, Selection]) -> pd.DataFrame:
 def protocol_note(cfg: Config) -> str:
     """The protocol sizes for table titles: training inputs, steps, batch, teacher sentences, evaluation split."""
     p, t = cfg.protocols, training_config(cfg).train
+    selection = (f"{p.checkpoint_candidates} checkpoints compared on {TUNE_SPLIT}" if p.checkpoint_candidates > 1
+                 else "final checkpoint (no tune selection)")
     return (f"training inputs/task {p.task_train_examples or 'all'}, {p.task_max_steps or cfg.train.max_steps} steps "
             f"of {t.batch_size} x {t.max_length} tokens, teacher sentences/input "
-            f"{p.teacher_sentences_per_input or 'all'}, {p.checkpoint_candidates} checkpoint(s) compared on "
-            f"{TUNE_SPLIT}, scored on {EVAL_SPLIT}")
+            f"{p.teacher_sentences_per_input or 'all'}, {selection}, scored on {EVAL_SPLIT}")
 
 
 def with_steps(table: pd.DataFrame, selections: Mapping[str, Selection]) -> pd.DataFrame:

@@ -33,6 +33,12 @@ class TinyStudy:
         self.figures = root / "figures" / "tiny"
         self.runs = root / "runs" / "tiny"
 
+    def config(self):
+        """The tiny profile with this study's output root and overrides, to read what the stages saved."""
+        from brdlib.config import load_config
+
+        return load_config("tiny", [f"output_root={self.root}", *self.OVERRIDES])
+
     def result(self, stem: str):
         """The stage's result; fails naming the stage that stopped the run when ``stem`` was never reached."""
         if stem not in self.results:

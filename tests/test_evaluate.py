@@ -231,6 +231,26 @@ def test_blind_models_and_missing_kd(cfg, monkeypatch, capsys):
     assert "KD baselines skipped" in capsys.readouterr().out
 
 
+def test_evaluate_blind_scores_bigbench_only_for_table3_rows(cfg, monkeypatch):
+    calls = []
+
+    def fake(cfg_, models, tasks=None, split="test", **kw):
+        calls.append((dict(models), tasks))
+        return pd.DataFrame([{"role": r, "task": t} for r in models for t in (tasks or ["all"])])
+
+    monkeypatch.setattr("brdlib.evaluate.evaluate_models", fake)
+    frame = blind.evaluate_blind(cfg, {"brd": "brd", "teacher": "teacher", "second_teacher": "x",
+                                       "brd_sentence_level": "brd_sentence_level"})
+    main = blind.main_tasks(cfg)
+    assert main == ["xnli", "rte", "cb", "pawsx", "boolq", "sst2"]
+    assert calls == [({"brd": "brd", "teacher": "teacher"}, None),
+                     ({"second_teacher": "x", "brd_sentence_level": "brd_sentence_level"}, main)]
+    assert set(frame["role"]) == {"brd", "teacher", "second_teacher", "brd_sentence_level"}
+    only_bb = load_config("tiny", ["data.tasks=[bigbench]"])
+    with pytest.raises(blind.BlindError, match="second_teacher.*add some of xnli"):
+        blind.evaluate_blind(only_bb, {"second_teacher": "x"})
+
+
 def test_bigbench_per_task_and_figure(cfg):
     rows = [(role, f"bigbench:{t}", c) for role, t, cs in [
         ("brd", "a", (True, True)), ("student_base", "a", (False, True)),
@@ -264,6 +284,10 @@ def test_notebook_04_writes_every_blind_table_on_tiny(tiny_study):
     students = tiny_study.root / "data" / "tiny" / "students"
     assert {"brd", "further", "brd_minus_sentdata", "brd_sentence_level", "brd_subset_teacher",
             "brd_subset_second_teacher"} <= {p.name for p in students.iterdir()}
+    tasks_by_role = load_predictions(tiny_study.config()).groupby("role")["task"].agg(set)
+    assert any(t.startswith("bigbench:") for t in tasks_by_role["brd"])  # Table 3 / Figure 3 rows: every task
+    for role in ["second_teacher", "brd_sentence_level", "brd_subset_second_teacher"]:  # Tables 4, 6, 7, 12
+        assert tasks_by_role[role] == set(blind.main_tasks(tiny_study.config())), role
     kd_available = (NOTEBOOK_DIR.parent / "brdlib" / "kd.py").is_file()
     assert (figures / "04_table4_kd.csv").is_file() == kd_available
 
