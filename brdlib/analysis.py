@@ -704,7 +704,7 @@ def data_size_claims(curve: pd.DataFrame) -> pd.DataFrame:
         {"quantity": "BRD passages: where the paper's curve plateaus; our largest size", "paper": claim["value"] * 1e6,
          "ours": int(by["passages"].max()), "note": f"paper: \"{claim['quote']}\""},
         {"quantity": "average accuracy, base student -> largest size (points)", "paper": np.nan,
-         "ours": float(values[-1] - values[0]) if len(values) > 1 else np.nan,
+         "ours": round(float(values[-1] - values[0]), 1) if len(values) > 1 else np.nan,
          "note": "the paper: \"most tasks exhibit a steady improvement as BRD data gets bigger\""},
         {"quantity": "size steps that raise the average accuracy", "paper": np.nan,
          "ours": f"{int((steps > 0).sum())} of {len(steps)}", "note": "a steady improvement raises it at every step"},

@@ -271,8 +271,10 @@ def table3_figure(cfg: Config) -> object:
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
             label.set_rotation_mode("anchor")
-        if ax is not axes[0][-1] and ax.get_legend() is not None:
+        if ax.get_legend() is not None:
             ax.get_legend().remove()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    axes[0][-1].legend(handles, labels, title="source", loc="upper left", bbox_to_anchor=(1.01, 1))  # off the bars
     axes[0][0].set_ylabel("average accuracy (%)")
     fig.suptitle(f"Table 3 averages: ours ({cfg.scale_note}) and the paper's", y=1.02)
     fig.tight_layout()

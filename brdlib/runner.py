@@ -117,18 +117,40 @@ def run(profile: str, overrides: Sequence[str] = (), only: Sequence[str] | None 
         result = execute(nb, cfg.runs_dir, profile, list(overrides), log_output=log_output)
         results.append(result)
         print(f"brd: {nb.name} {'done' if result.ok else 'FAILED'} in {result.seconds:.1f}s", flush=True)
+        write_summary(cfg.runs_dir, cfg.profile, list(overrides), results)  # after each: a kill keeps the times
         if not result.ok:
             break
-    _write_summary(cfg.runs_dir, cfg.profile, list(overrides), results)
     _print_summary(results, produced_files(cfg.figures_dir, started), cfg.figures_dir)
     return results
 
 
-def _write_summary(runs_dir: Path, profile: str, overrides: list[str], results: list[NotebookResult]) -> None:
+def write_summary(runs_dir: Path, profile: str, overrides: list[str], results: list[NotebookResult]) -> dict:
+    """Write ``runs/<profile>/run_summary.json``: each stage's latest result, in stage order, and their total.
+
+    A partial run (``--only``) with the same profile and overrides updates its notebooks and keeps the others'
+    earlier results, so the file always describes the whole study; other overrides start a new summary."""
+    path = runs_dir / "run_summary.json"
+    earlier: dict[str, dict] = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("profile") == profile and old.get("overrides") == overrides:
+            earlier = {n["notebook"]: n for n in old.get("notebooks", [])}
+    finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    latest = {**earlier, **{r.notebook: {**asdict(r), "finished": finished} for r in results}}
+    try:
+        stages = [nb.name for nb in stage_notebooks()]
+    except FileNotFoundError:
+        stages = []
+    notebooks = sorted(latest.values(), key=lambda n: stages.index(n["notebook"]) if n["notebook"] in stages
+                       else len(stages))
+    summary = {"profile": profile, "overrides": overrides, "notebooks": notebooks,
+               "total_seconds": round(sum(n["seconds"] for n in notebooks), 1)}
     runs_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"profile": profile, "overrides": overrides, "notebooks": [asdict(r) for r in results],
-               "total_seconds": round(sum(r.seconds for r in results), 1)}
-    (runs_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    path.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def _print_summary(results: list[NotebookResult], files: list[Path], figures_dir: Path) -> None:

@@ -84,7 +84,9 @@ def test_index_agreement_and_figure(cfg):
     assert t3["cells beside the paper's"] == 16  # 2 rows x (7 tasks + average)
     assert t3["comparisons same direction"] == "1 of 1"
     fig = table3_figure(cfg)
-    assert fig.axes
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1 and legends[0] is fig.axes[-1].get_legend()  # one legend, beside the last panel
+    assert [t.get_text() for t in legends[0].get_texts()] == [f"ours ({cfg.profile})", "paper"]
 
 
 def test_blind_reference_rows_are_not_replaced_by_the_protocol_blocks(cfg):

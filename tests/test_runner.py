@@ -1,5 +1,6 @@
 """run_all's list, failure reporting, the command line and run_all.sh itself."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -60,6 +61,21 @@ def test_run_stops_at_first_failure(tmp_path, monkeypatch, capsys):
     assert [(r.notebook, r.ok) for r in results] == [("00_ok.ipynb", True), ("01_bad.ipynb", False)]
     err = capsys.readouterr().err
     assert "FAILED in 01_bad.ipynb" in err and "ZeroDivisionError" in err
+
+
+def test_summary_keeps_earlier_stages_on_a_partial_rerun(tmp_path):
+    def result(name, seconds, ok=True):
+        return runner.NotebookResult(name, seconds, ok, str(tmp_path / name))
+
+    runner.write_summary(tmp_path, "smoke", [], [result("01_teacher_generation.ipynb", 300.0),
+                                                  result("00_setup.ipynb", 100.0)])
+    summary = runner.write_summary(tmp_path, "smoke", [], [result("01_teacher_generation.ipynb", 250.0, ok=False)])
+    assert [(n["notebook"], n["seconds"], n["ok"]) for n in summary["notebooks"]] == [
+        ("00_setup.ipynb", 100.0, True), ("01_teacher_generation.ipynb", 250.0, False)]  # stage order, latest
+    assert summary["total_seconds"] == 350.0
+    assert json.loads((tmp_path / "run_summary.json").read_text()) == summary
+    other = runner.write_summary(tmp_path, "smoke", ["seed=1"], [result("00_setup.ipynb", 90.0)])
+    assert [n["notebook"] for n in other["notebooks"]] == ["00_setup.ipynb"]  # other overrides: a new summary
 
 
 def test_cli_rejects_a_bad_override_before_running(capsys):
