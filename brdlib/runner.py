@@ -140,12 +140,8 @@ def write_summary(runs_dir: Path, profile: str, overrides: list[str], results: l
             earlier = {n["notebook"]: n for n in old.get("notebooks", [])}
     finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     latest = {**earlier, **{r.notebook: {**asdict(r), "finished": finished} for r in results}}
-    try:
-        stages = [nb.name for nb in stage_notebooks()]
-    except FileNotFoundError:
-        stages = []
-    notebooks = sorted(latest.values(), key=lambda n: stages.index(n["notebook"]) if n["notebook"] in stages
-                       else len(stages))
+    order = {nb.name: i for i, nb in enumerate(stage_notebooks())}
+    notebooks = sorted(latest.values(), key=lambda n: order.get(n["notebook"], len(order)))
     summary = {"profile": profile, "overrides": overrides, "notebooks": notebooks,
                "total_seconds": round(sum(n["seconds"] for n in notebooks), 1)}
     runs_dir.mkdir(parents=True, exist_ok=True)
