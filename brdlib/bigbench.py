@@ -70,6 +70,8 @@ BIGBENCH_SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df97
 """sha256 of the PyPI sdist, the same file the offline mirror was staged from."""
 
 MIRROR_TASKS = "bigbench_mc/tasks"
+HUB_FIXTURE_TASKS = "bigbench/benchmark_tasks"
+"""Where ``data.hub_fixture_dir`` keeps its tasks, in the sdist's ``benchmark_tasks`` layout."""
 SELECTION_CSV = CONFIG_DIR / "bigbench_selection.csv"
 
 REDUCED_SET: tuple[str, ...] = (
@@ -364,9 +366,13 @@ def fetch_bigbench_sdist(cache_dir: Path | None = None) -> Path:
 
 
 def bigbench_tasks_dir(cfg: Config, fetch: bool = True) -> Path:
-    """The folder of BIG-bench tasks for the profile: the mirror's, ``data.bigbench_dir``, or the sdist's."""
+    """The folder of BIG-bench tasks for the profile: ``data.bigbench_dir``, the hub fixtures', the mirror's, or the
+    sdist's."""
     if cfg.data.bigbench_dir is not None:
         return Path(cfg.data.bigbench_dir).expanduser()
+    fixture = cfg.data.resolved_hub_fixture_dir()
+    if fixture is not None:  # the rehearsal: a few tasks in the sdist's layout stand in for it
+        return fixture / HUB_FIXTURE_TASKS
     if cfg.data.source != "hub":
         mirror = cfg.data.resolved_data_dir()
         if mirror is None:

@@ -76,6 +76,12 @@ class DataConfig(_Strict):
         default=None,
         description=f"offline mirror; default: ${DATA_DIR_ENV}, else ../shared/data beside the repository",
     )
+    hub_fixture_dir: Path | None = Field(
+        default=None,
+        description="source='hub' only: read the hub datasets, CC-100 and the BIG-bench sdist's tasks from small "
+        "local copies in their exact formats under this folder (tests/fixtures/hub: the rehearsal profile), "
+        "through the same loading code; relative paths are read from the repository root",
+    )
     corpus: Literal["cc100", "c4", "wikitext2", "brown", "abc", "webtext", "state_union", "text_file"] = Field(
         description="general corpus; cc100 is the paper's, the others are offline stand-ins"
     )
@@ -141,6 +147,9 @@ class DataConfig(_Strict):
     def _corpus_file_needed(self) -> DataConfig:
         if self.corpus == "text_file" and self.corpus_file is None:
             raise ValueError("data.corpus='text_file' needs data.corpus_file (a path to a plain-text corpus)")
+        if self.hub_fixture_dir is not None and self.source != "hub":
+            raise ValueError(f"data.hub_fixture_dir stands in for the hub, so it needs data.source='hub' "
+                             f"(got source={self.source!r}); source 'fixture' reads tests/fixtures/mirror instead")
         if self.min_sentence_words > self.max_sentence_words:
             raise ValueError(
                 f"data.min_sentence_words ({self.min_sentence_words}) exceeds "
@@ -153,6 +162,13 @@ class DataConfig(_Strict):
         if self.source == "fixture":
             return FIXTURE_MIRROR_DIR
         return self.resolved_mirror_dir() if self.source == "mirror" else None
+
+    def resolved_hub_fixture_dir(self) -> Path | None:
+        """The hub fixtures in force (``hub_fixture_dir``, a relative path read from the repository root), or None."""
+        if self.hub_fixture_dir is None:
+            return None
+        path = Path(self.hub_fixture_dir).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
 
     def resolved_mirror_dir(self) -> Path | None:
         """The mirror directory in force: this key, else ``$BRD_DATA_DIR``, else ``../shared/data``.
@@ -188,6 +204,28 @@ class TeacherConfig(_Strict):
     shard: str = Field(default="0/1", description="i/N: this machine takes the passages whose id hashes to i mod N")
     prefix_cache: bool = Field(default=True, description="transformers: run the shared few-shot prefix once")
     llamacpp_threads: int | None = Field(default=None, gt=0, description="llama.cpp CPU threads; null: all cores")
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.85, gt=0, le=1,
+        description="vllm: share of the GPU's memory the engine takes (weights + KV cache); vLLM refuses to start "
+        "when less is free, so leave room for what else holds the GPU",
+    )
+    vllm_max_in_flight: int = Field(
+        default=4096, gt=0,
+        description="vllm: requests held by the engine at once (a stream; batch_size is then the records written "
+        "per checkpoint)",
+    )
+    vllm_child_process: bool = Field(
+        default=True, description="vllm: run the engine in a child process, so its GPU memory is returned when done"
+    )
+    vllm_cpu_kv_cache_gib: int = Field(default=4, gt=0, description="vllm's CPU build: GiB of RAM for the KV cache")
+    vllm_python: Path | None = Field(
+        default=None,
+        description="vllm: the Python interpreter of the engine's child process, for vLLM in an environment of its "
+        "own (its pins can clash with the project's: scripts/ensure_vllm_env.sh makes .venv-vllm); null: this one",
+    )
+    vllm_enforce_eager: bool | None = Field(
+        default=None, description="vllm: skip torch.compile/CUDA graphs; null: eager on CPU, compiled on CUDA"
+    )
 
     @field_validator("shard")
     @classmethod
@@ -258,6 +296,11 @@ class TrainConfig(_Strict):
     pack_batch_passages: int = Field(
         default=2_000, gt=0, description="passages packed together; only the last block of each group is padded"
     )
+    ddp_timeout: int = Field(
+        default=1800, gt=0,
+        description="seconds a process waits at a collective (the process group's and TrainingArguments' "
+        "ddp_timeout); pack first (python -m brdlib.train PROFILE --pack-only) so no rank waits on packing",
+    )
 
 
 class EvalConfig(_Strict):
@@ -273,6 +316,19 @@ class EvalConfig(_Strict):
     large_model_min_params: int = Field(
         default=1_000_000_000, gt=0, description="parameter count from which large_model_max_examples applies"
     )
+    special_tokens: Literal["tokenizer", "none"] = Field(
+        default="tokenizer",
+        description="start tokens of scored, Table 5 and probed text: the tokenizer's own, as training reads text "
+        "(XGLM '</s>', Llama '<s>'), or none (Gemma: BOS; lm-eval <= 0.4.9)",
+    )
+    max_length: int | None = Field(
+        default=None, gt=0, description="most input tokens when scoring, below each model's own positions "
+        "(contexts are cut from the left, as lm-eval does); null: the model's positions",
+    )
+    tie_break: Literal["random", "first"] = Field(
+        default="random", description="equal scores: a candidate chosen by a hash of (seed, task, example id) "
+        "among the tied ones, or the first of them",
+    )
 
 
 class ProtocolsConfig(_Strict):
@@ -282,7 +338,8 @@ class ProtocolsConfig(_Strict):
         default=None, gt=0, description="steps of ablation/second-teacher/data-size students; null: train.max_steps"
     )
     task_max_steps: int | None = Field(
-        default=None, gt=0, description="steps of BRD2, FBRD, TaskDistillation, SFT, BRD2-SFT; null: train.max_steps"
+        default=None, gt=0,
+        description="steps of BRD2, FBRD, TaskDistillation (+BRD), SFT, BRD2-SFT; null: train.max_steps",
     )
     task_train_examples: int | None = Field(
         default=None, gt=0, description="training inputs per task for the relaxed/supervised protocols; null: all"
@@ -378,8 +435,14 @@ class AnalysisConfig(_Strict):
         default="instance", description="'instance': the prompt with its gold answer, one text per example; "
         "'candidates': each candidate given the prompt, one text per candidate"
     )
-    probing_max_train: int | None = Field(default=None, gt=0, description="training inputs per task for the probes")
+    probing_max_train: int | None = Field(
+        default=None, gt=0, description="training inputs per task for the probes (stratified); null: all"
+    )
     probing_max_eval: int | None = Field(default=None, gt=0, description="tune and test inputs per task; null: all")
+    probing_max_feature_gb: float | None = Field(
+        default=8.0, gt=0, description="refuse a task whose probe inputs' hidden states (all splits, every layer, "
+        "float32) exceed this for one model; null: no limit"
+    )
     probing_tasks: list[str] | None = Field(
         default=None, description="Table 9 tasks probed; null: every Table 9 task of data.tasks"
     )
@@ -488,10 +551,13 @@ class Config(_Strict):
     def caption(self) -> str:
         """One line naming the profile, its models and data sizes, for every table and figure."""
         m = self.models
+        bound = f"{self.eval.max_length} tokens" if self.eval.max_length else "each model's positions"
         return (
             f"profile={self.profile} ({self.scale_note}); teacher={m.teacher}; student={m.student}; "
             f"corpus={self.data.corpus} n_sentences={self.data.n_sentences}; "
-            f"examples/task={self.data.max_examples_per_task or 'all'}; train steps={self.train.max_steps}"
+            f"examples/task={self.data.max_examples_per_task or 'all'}; train steps={self.train.max_steps}; "
+            f"text read with special_tokens={self.eval.special_tokens}, left-truncated to {bound}, "
+            f"ties={self.eval.tie_break}"
         )
 
 
@@ -623,19 +689,67 @@ def _schema_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     return schema
 
 
-def load_config(
-    name_or_path: str | os.PathLike[str] = "smoke",
-    overrides: Sequence[str] | Mapping[str, Any] | str | None = None,
-) -> Config:
-    """Load a profile by name (``configs/<name>.yaml``) or path, apply ``key=value`` overrides, validate."""
-    path = _resolve_profile_path(name_or_path)
+EXTENDS_KEY = "extends"
+"""A profile key naming the profile it derives from (``extends: paper``): the base's keys, then the file's."""
+
+
+def read_profile_file(path: Path) -> dict[str, Any]:
+    """The mapping one profile file holds, as written (``extends`` unresolved, no defaults)."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"profile {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"profile {path} must be a mapping of keys to values, got {type(raw).__name__}")
+    return raw
+
+
+def merge_profiles(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merge key by key; anything else (a list, a scalar, null) replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_profiles(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def raw_profile(name_or_path: str | os.PathLike[str], _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile's mapping with ``extends`` resolved, before validation; ``profile`` defaults to the file's stem.
+
+    ``extends`` names a profile of ``configs/`` or a .yaml path (relative to the extending file); the base's own
+    ``profile`` name is not inherited.
+    """
+    path = _resolve_profile_path(name_or_path).resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.stem for p in (*_chain, path))
+        raise ConfigError(f"profile {path}: '{EXTENDS_KEY}' makes a cycle ({cycle})")
+    raw = read_profile_file(path)
+    base = raw.pop(EXTENDS_KEY, None)
+    if base is not None:
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"profile {path}: '{EXTENDS_KEY}' must name a profile or a .yaml path, got {base!r}")
+        target: str | Path = base.strip()
+        if str(target).endswith((".yaml", ".yml")) or os.sep in str(target):
+            target = path.parent / Path(target).expanduser()  # an absolute path stays as it is
+        parent = raw_profile(target, (*_chain, path))
+        parent.pop("profile", None)
+        raw = merge_profiles(parent, raw)
     raw.setdefault("profile", path.stem)
+    return raw
+
+
+def load_config(
+    name_or_path: str | os.PathLike[str] = "smoke",
+    overrides: Sequence[str] | Mapping[str, Any] | str | None = None,
+) -> Config:
+    """Load a profile by name (``configs/<name>.yaml``) or path, apply ``key=value`` overrides, validate.
+
+    A profile with ``extends: <base>`` is its base profile with the file's keys merged over it (:func:`raw_profile`).
+    """
+    path = _resolve_profile_path(name_or_path)
+    raw = raw_profile(path)
     for key, value in parse_overrides(overrides).items():
         _apply_override(raw, key, value)
     try:

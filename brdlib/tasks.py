@@ -377,7 +377,9 @@ HUB: dict[str, HubSpec] = {
     "pawsx": HubSpec("google-research-datasets/paws-x", "en", pawsx_from_hf_row),
     "sst2": HubSpec("nyu-mll/glue", "sst2", sst2_from_hf_row),
 }
-"""Hub dataset id, config and row parser of each Table 9 task (datasets' own ClassLabel ids)."""
+"""Hub dataset id, config and row parser of each Table 9 task (datasets' own ClassLabel ids). With
+``data.hub_fixture_dir`` (the rehearsal profile) the same ``load_dataset`` call reads a local miniature of each
+repository instead (README.md configs and parquet files in the hub's schema; tests/fixtures/hub)."""
 
 
 def hub_records(task: str, rows: Sequence[dict[str, Any]], source: str) -> tuple[list[Record], Counter]:
@@ -403,16 +405,20 @@ def examples_from_hub_rows(
     return _examples_from_pool(task, Pool(split, source, recs, skipped)), skipped
 
 
-def _hub_pool(task: str, split: str) -> Pool:
+def _hub_pool(task: str, split: str, fixture_dir: Path | None = None) -> Pool:
+    """One hub split, parsed; with ``fixture_dir`` (``data.hub_fixture_dir``) the same call reads the miniature of
+    the hub repository under ``fixture_dir/<hub id>`` (tests/fixtures/hub/make_fixtures.py)."""
     from datasets import load_dataset
 
     spec = HUB[task]
-    source = f"hub:{spec.path}/{spec.config}:{split}"
+    where = spec.path if fixture_dir is None else str(fixture_dir / spec.path)
+    source = f"{'hub' if fixture_dir is None else 'hub-fixture'}:{spec.path}/{spec.config}:{split}"
     try:
-        ds = load_dataset(spec.path, spec.config, split=split)
+        ds = load_dataset(where, spec.config, split=split)
     except Exception as err:  # noqa: BLE001 - any hub failure is reported with the dataset named
         raise TaskDataError(
-            f"task {task}: could not load {source} from the hub ({type(err).__name__}: {err})"
+            f"task {task}: could not load {source} from {'the hub' if fixture_dir is None else where} "
+            f"({type(err).__name__}: {err})"
         ) from None
     recs, skipped = hub_records(task, ds, source)
     return Pool(split, source, recs, skipped)
@@ -609,15 +615,18 @@ def _bigbench_examples(cfg: Config, name: str) -> tuple[list[Example], str, Coun
                 )
             )
     origin = "mirror" if cfg.data.source != "hub" and cfg.data.bigbench_dir is None else "bigbench"
+    if cfg.data.bigbench_dir is None and cfg.data.resolved_hub_fixture_dir() is not None:
+        origin = "hub-fixture"
     return examples, f"{origin}:{MIRROR_OR_SDIST[origin]}{task}" + (f"/{subtask}" if subtask else ""), skipped
 
 
-MIRROR_OR_SDIST = {"mirror": bigbench.MIRROR_TASKS + "/", "bigbench": "benchmark_tasks/"}
+MIRROR_OR_SDIST = {"mirror": bigbench.MIRROR_TASKS + "/", "bigbench": "benchmark_tasks/",
+                   "hub-fixture": bigbench.HUB_FIXTURE_TASKS + "/"}
 
 
 def _cache_key(cfg: Config, task: str) -> str:
     d = cfg.data
-    where = str(d.resolved_data_dir()) if d.source != "hub" else "hub"
+    where = str(d.resolved_data_dir()) if d.source != "hub" else str(d.resolved_hub_fixture_dir() or "hub")
     return json.dumps([task, d.source, where, d.pawsx_eval_split, d.split_seed, d.tune_fraction,
                        str(d.bigbench_dir), d.bigbench_format])
 
@@ -637,7 +646,8 @@ def _build_task_data(cfg: Config, task: str) -> TaskData:
                 raise TaskDataError(f"task {task}: no offline mirror found; set $BRD_DATA_DIR or data.mirror_dir")
             loaded = {n: _mirror_pool(mirror, base, n) for n in names}
         else:
-            loaded = {n: _hub_pool(base, n) for n in names}
+            fixture = cfg.data.resolved_hub_fixture_dir()
+            loaded = {n: _hub_pool(base, n, fixture) for n in names}
         pools = {n: _examples_from_pool(base, p) for n, p in loaded.items()}
         sources = {n: p.source for n, p in loaded.items()}
         skipped_by_source = {f"{p.source}: {k}": v for p in loaded.values() for k, v in p.skipped.items()}
@@ -714,7 +724,7 @@ def bigbench_task_selection(cfg: Config) -> list[str]:
         raise TaskDataError(f"data.bigbench_exclude names {', '.join(unknown)}, not among the selected BIG-bench tasks "
                             f"(configs/bigbench_selection.csv, column 'task' where selected is True)")
     names = [n for n in selected if n not in excluded]
-    if cfg.data.source != "hub" or cfg.data.bigbench_dir is not None:
+    if cfg.data.source != "hub" or cfg.data.bigbench_dir is not None or cfg.data.hub_fixture_dir is not None:
         tasks_dir = bigbench.bigbench_tasks_dir(cfg)
         missing = [n for n in names if bigbench.task_json_path(tasks_dir / n) is None]
         if missing:

@@ -9,7 +9,9 @@ batch at a time and fsynced. Each record is keyed by a hash of (model, prompt te
 parameters, sentence); a sentence that occurs twice is generated once. A killed run restarts where it
 stopped: finished records are read back and skipped, a torn last line is discarded and regenerated,
 and a partly finished batch is regenerated whole so the batches, hence the texts, are those of an
-uninterrupted run. ``shard=i/N`` (``teacher.shard``) gives machine ``i`` the passages whose id hashes to
+uninterrupted run. vLLM is fed a stream instead (every missing prompt; each record written as it finishes,
+fsynced ``batch_size`` at a time): a resumed vLLM run asks only for the records not on disk.
+``shard=i/N`` (``teacher.shard``) gives machine ``i`` the passages whose id hashes to
 ``i`` mod ``N``; copying the shard files of all machines into one directory gives the whole corpus.
 A manifest per shard records the model, backend, parameters, counts and wall time of each run.
 """
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 
 BEHAVIOURS = ("ner", "qra")
 RECORD_FORMAT = 1
+STREAM_BLOCK = 50_000
+"""Prompts per call of a streaming backend (vLLM): so many that a block's tail (its slowest completion, at most
+``max_new_tokens`` decoding steps) is a small part of its time, few enough to render and send (~100 MB)."""
 
 
 @dataclass(frozen=True)
@@ -324,8 +329,10 @@ def generate_behaviours(
 
     ``params`` maps each behaviour to run to its decoding. Prompts are sorted by length and cut into
     batches of ``backend.batch_size`` over the shard's distinct sentences, finished or not, so a
-    restarted run forms the same batches; a batch with anything missing is generated whole. After each
-    batch is on disk, ``on_batch(behaviour, records_written_so_far)`` is called (tests use it to kill a run).
+    restarted run forms the same batches; a batch with anything missing is generated whole. A backend that
+    schedules requests itself (``backend.streams``: vLLM) gets every missing prompt as one stream instead, and
+    the records are written ``batch_size`` at a time in the order they finish. After each write,
+    ``on_batch(behaviour, records_written_so_far)`` is called (tests use it to kill a run).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -344,6 +351,44 @@ def generate_behaviours(
     return stats
 
 
+@dataclass
+class _Plan:
+    """What one behaviour's run has to do: the records wanted, those on disk, the keys still missing."""
+
+    by_key: dict[str, list[TeacherItem]]
+    wanted: set[tuple[str, int, str]]
+    done: set[tuple[str, int, str]]
+    missing: set[str]
+    answer: dict[str, dict[str, Any]]  # a response on disk to a missing key (the sentence at another position)
+    order: list[str]  # distinct keys, shortest sentence first
+
+
+def _plan(items: Sequence[TeacherItem], backend: Backend, out: Path, template: PromptTemplate, dp: DecodingParams
+          ) -> _Plan:
+    by_key: dict[str, list[TeacherItem]] = defaultdict(list)
+    for it in items:
+        by_key[record_key(backend.model, template, dp, it.sentence)].append(it)
+    wanted = {(it.passage_id, it.sentence_index, k) for k, its in by_key.items() for it in its}
+    done = {ident for r in iter_rows(out, [template.behaviour]) if (ident := _ident(r)) in wanted}
+    missing = {k for (_, _, k) in wanted - done}
+    answer = ({r["key"]: r for r in iter_rows(out, [template.behaviour]) if r["key"] in missing}
+              if missing else {})
+    order = sorted(by_key, key=lambda k: (len(normalize_input(by_key[k][0].sentence)), k))
+    return _Plan(by_key, wanted, done, missing, answer, order)
+
+
+def _rows_for(plan: _Plan, key: str, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of ``key`` not on disk yet, one per position of its sentence; marks them done."""
+    rows = []
+    for it in plan.by_key[key]:
+        ident = (it.passage_id, it.sentence_index, key)
+        if ident not in plan.done:
+            rows.append({**base, "passage_id": it.passage_id, "sentence_index": it.sentence_index})
+            plan.done.add(ident)
+    plan.missing.discard(key)
+    return rows
+
+
 def _run_behaviour(
     items: Sequence[TeacherItem], backend: Backend, out: Path, template: PromptTemplate, dp: DecodingParams,
     shard: tuple[int, int], progress: bool, on_batch: Callable[[str, int], None] | None,
@@ -352,62 +397,88 @@ def _run_behaviour(
 
     behaviour = template.behaviour
     st = BehaviourStats(behaviour)
-    by_key: dict[str, list[TeacherItem]] = defaultdict(list)
-    for it in items:
-        by_key[record_key(backend.model, template, dp, it.sentence)].append(it)
-    wanted = {(it.passage_id, it.sentence_index, k) for k, its in by_key.items() for it in its}
-    done = {ident for r in iter_rows(out, [behaviour]) if (ident := _ident(r)) in wanted}
-    missing = {k for (_, _, k) in wanted - done}
-    # a response to a missing key may already exist at another position (a repeated sentence)
-    answer = {r["key"]: r for r in iter_rows(out, [behaviour]) if r["key"] in missing} if missing else {}
-    st.records, st.reused = len(wanted), len(done)
-    order = sorted(by_key, key=lambda k: (len(normalize_input(by_key[k][0].sentence)), k))
+    plan = _plan(items, backend, out, template, dp)
+    st.records, st.reused = len(plan.wanted), len(plan.done)
     writer = ShardWriter(shard_file(out, behaviour, shard))
-    bar = tqdm(total=len(wanted), initial=st.reused, desc=f"teacher {behaviour}", unit="sent", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(plan.wanted), initial=st.reused, desc=f"teacher {behaviour}", unit="sent",
+               disable=not progress, dynamic_ncols=True)
     written = st.reused
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        nonlocal written
+        writer.write(rows)
+        written += len(rows)
+        bar.update(len(rows))
+        secs = max(st.seconds, 1e-9)
+        bar.set_postfix_str(f"{st.generated / secs:.2f} sent/s, {st.tokens / secs:.1f} tok/s")
+        if on_batch is not None:
+            on_batch(behaviour, written)
+
     try:
-        for batch in _batches(order, backend.batch_size):
-            if not missing.intersection(batch):
-                continue
-            gens: dict[str, Generation] = {}
-            if any(k in missing and k not in answer for k in batch):
-                # generate the whole batch, finished keys included: same batch as an uninterrupted run, same texts
-                t0 = time.perf_counter()
-                prompts = [template.render(by_key[k][0].sentence) for k in batch]
-                outs = backend.generate(prompts, dp, shared_prefix=template.prefix)
-                gens = dict(zip(batch, outs, strict=True))
-                st.generated += len(batch)
-                st.tokens += sum(g.n_tokens for g in outs)
-                st.truncated += sum(g.finish_reason == "length" for g in outs)
-                st.seconds += time.perf_counter() - t0
-            rows = []
-            for k in batch:
-                if k not in missing:
-                    continue
-                if k in gens:
-                    base = _make_row(k, template, by_key[k][0].sentence, gens[k], backend)
-                else:
-                    base = answer[k]
-                    st.copied += 1
-                for it in by_key[k]:
-                    if (it.passage_id, it.sentence_index, k) not in done:
-                        rows.append({**base, "passage_id": it.passage_id, "sentence_index": it.sentence_index})
-                        done.add((it.passage_id, it.sentence_index, k))
-                missing.discard(k)
-            writer.write(rows)
-            written += len(rows)
-            bar.update(len(rows))
-            secs = max(st.seconds, 1e-9)
-            bar.set_postfix_str(f"{st.generated / secs:.2f} sent/s, {st.tokens / secs:.1f} tok/s")
-            if on_batch is not None:
-                on_batch(behaviour, written)
+        runner = _stream_missing if backend.streams else _batch_missing
+        runner(plan, backend, template, dp, st, write)
     finally:
         bar.close()
         writer.close()
     st.drops = dict(Counter(r["drop_reason"] for r in iter_rows(out, [behaviour])
-                            if r["drop_reason"] and _ident(r) in wanted))
+                            if r["drop_reason"] and _ident(r) in plan.wanted))
     return st
+
+
+def _batch_missing(plan: _Plan, backend: Backend, template: PromptTemplate, dp: DecodingParams, st: BehaviourStats,
+                   write: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Fixed batches over every distinct key; a batch with anything missing is generated whole, so a resumed run
+    forms the batches, hence the texts, of an uninterrupted one."""
+    for batch in _batches(plan.order, backend.batch_size):
+        if not plan.missing.intersection(batch):
+            continue
+        gens: dict[str, Generation] = {}
+        if any(k in plan.missing and k not in plan.answer for k in batch):
+            t0 = time.perf_counter()
+            prompts = [template.render(plan.by_key[k][0].sentence) for k in batch]
+            outs = backend.generate(prompts, dp, shared_prefix=template.prefix)
+            gens = dict(zip(batch, outs, strict=True))
+            _count(st, outs, time.perf_counter() - t0)
+        rows = []
+        for k in batch:
+            if k in plan.missing:
+                base = _make_row(k, template, plan.by_key[k][0].sentence, gens[k], backend) if k in gens \
+                    else plan.answer[k]
+                st.copied += k not in gens
+                rows += _rows_for(plan, k, base)
+        write(rows)
+
+
+def _stream_missing(plan: _Plan, backend: Backend, template: PromptTemplate, dp: DecodingParams,
+                    st: BehaviourStats, write: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Every missing key in one stream (vLLM schedules them); records are written ``backend.batch_size`` at a
+    time as they finish, so a kill loses at most the unwritten ones and a resumed run asks only for those."""
+    copies = [k for k in plan.order if k in plan.missing and k in plan.answer]
+    if copies:
+        st.copied += len(copies)
+        write([row for k in copies for row in _rows_for(plan, k, plan.answer[k])])
+    todo = [k for k in plan.order if k in plan.missing]
+    pending: list[dict[str, Any]] = []
+    for block in _batches(todo, STREAM_BLOCK):
+        prompts = [template.render(plan.by_key[k][0].sentence) for k in block]
+        t0 = time.perf_counter()
+        with contextlib.closing(backend.generate_stream(prompts, dp, shared_prefix=template.prefix)) as stream:
+            for i, gen in stream:
+                k = block[i]
+                _count(st, [gen], time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                pending += _rows_for(plan, k, _make_row(k, template, plan.by_key[k][0].sentence, gen, backend))
+                if len(pending) >= backend.batch_size:
+                    write(pending)
+                    pending = []
+    write(pending)
+
+
+def _count(st: BehaviourStats, gens: Sequence[Generation], seconds: float) -> None:
+    st.generated += len(gens)
+    st.tokens += sum(g.n_tokens for g in gens)
+    st.truncated += sum(g.finish_reason == "length" for g in gens)
+    st.seconds += seconds
 
 
 def _ident(row: dict[str, Any]) -> tuple[str, int, str]:

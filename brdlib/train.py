@@ -4,8 +4,10 @@
     path = train_student(cfg, "brd", "brd")          # cfg.data_dir/students/brd; load_model(str(path)) loads it
     path = train_student(cfg, "ori", "further", max_steps=cfg.train.further_max_steps)
 
-Several GPUs (the paper used four A100s), or two CPU processes to check the DDP path::
+Several GPUs (the paper used four A100s), or two CPU processes to check the DDP path; pack first, in one
+process, so that no rank waits at a barrier while rank 0 tokenises D_TRAIN::
 
+    python -m brdlib.train paper --variant brd --pack-only
     accelerate launch --config_file configs/accelerate/ddp_4gpu.yaml -m brdlib.train paper --variant brd --name brd
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m brdlib.train tiny --variant brd --name brd
 
@@ -15,7 +17,14 @@ What it does:
   (:func:`brdlib.assemble.encode_passages`); groups of ``train.pack_batch_passages`` passages are concatenated
   and cut into blocks of exactly ``train.max_length`` tokens. Only the last block of a group is padded, so
   every token is kept; the padding fraction is reported. Attention spans the passages of a block, as in the
-  usual concatenated pretraining; eos marks the boundaries.
+  usual concatenated pretraining; eos marks the boundaries. The blocks are cached in
+  ``cfg.data_dir/packed/<key>`` (key: data, tokenizer, block length, group size; written atomically), so
+  ``--pack-only`` before ``accelerate launch`` does the tokenising once and the launched ranks only read it.
+- **Lengths bounded by the model.** A block longer than the model's own maximum positions (GPT-2's
+  ``n_positions``, ``max_position_embeddings`` elsewhere) is refused with an error naming the key, the model and
+  its limit, before any data is packed (:func:`check_max_length`).
+- **FSDP.** The finished student is always saved as a full state dict (a sharded one would leave no loadable
+  model), and no summary is written beside a folder without weights.
 - **Loss on real tokens only.** Padding positions carry label -100 and attention mask 0.
 - **Chunked cross-entropy** for large vocabularies (``train.loss``; XGLM's 256k): the output layer and the
   cross-entropy run on chunks of ``train.loss_chunk_tokens`` tokens, each recomputed in the backward pass, so
@@ -41,18 +50,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
+import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brdlib.assemble import encode_passages
+from brdlib.models import max_positions
 
 if TYPE_CHECKING:
     import datasets
@@ -95,7 +107,9 @@ def checkpoints_dir(cfg: Config, name: str) -> Path:
 
 
 def is_trained(cfg: Config, name: str) -> bool:
-    """Whether a finished student of this name exists."""
+    """Whether a finished student of this name exists (never for a name no student can have, e.g. a hub id)."""
+    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", name):
+        return False
     return (student_dir(cfg, name) / SUMMARY_FILE).is_file()
 
 
@@ -199,6 +213,111 @@ def pack_dataset(
     )
     stats = PackingStats(len(passages), len(packed), block_size, int(sum(packed["n_real"])))
     return packed.remove_columns("n_real"), stats
+
+
+PACK_FORMAT_VERSION = 1
+"""Bump when packing changes in a way that makes cached blocks stale."""
+PACKED_FILE = "blocks.arrow"
+PACK_STATS_FILE = "packing.json"
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """A model's tokenizer without its weights (tiny-random, embedded, directory or hub id), with the pad token
+    :func:`brdlib.models.load_model` gives it (eos when it has none), so both hash alike."""
+    from brdlib.models import resolve_spec, tiny_tokenizer
+
+    resolved = resolve_spec(spec)
+    if resolved.kind == "tiny-random":
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    if resolved.kind == "embedded":
+        from brdlib.embedded import ensure_converted
+
+        tokenizer = AutoTokenizer.from_pretrained(str(ensure_converted(resolved.source)))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What decides how a tokenizer encodes: its class, pipeline (tokenizer.json without the truncation/padding
+    state that encoding calls change), special tokens and bos/eos flags; plus the source of the encoder used."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        pipeline: Any = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    else:
+        pipeline = sorted(tokenizer.get_vocab().items())
+    try:
+        encoder = inspect.getsource(encode_passages) + inspect.getsource(pack_sequences)
+    except (OSError, TypeError):
+        encoder = f"{encode_passages.__module__}.{encode_passages.__qualname__}"
+    spec = {"class": type(tokenizer).__name__, "pipeline": pipeline, "special": tokenizer.special_tokens_map,
+            "flags": {k: getattr(tokenizer, k, None) for k in ("add_bos_token", "add_eos_token")},
+            "encoder": hashlib.sha256(encoder.encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def packed_dir(cfg: Config, data_id: str, tokenizer: PreTrainedTokenizerBase, block_size: int, group: int) -> Path:
+    """Where the packed blocks of these inputs are cached: ``cfg.data_dir/packed/<key>``."""
+    spec = {"v": PACK_FORMAT_VERSION, "data": data_id, "tokenizer": tokenizer_fingerprint(tokenizer),
+            "block": block_size, "group": group}
+    return cfg.data_dir / "packed" / hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def packed_blocks(
+    cfg: Config,
+    data_id: str,
+    passages: Callable[[], datasets.Dataset],
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    group: int,
+) -> tuple[datasets.Dataset, PackingStats, Path]:
+    """The packed blocks of ``passages()`` (a dataset with a ``text`` column, identified by ``data_id``), from
+    the cache when present; otherwise packed (:func:`pack_dataset`), written under a temporary name and renamed
+    into place, so a killed run leaves no half-written cache. The blocks are memory-mapped, not loaded.
+
+    Returns (blocks, stats, cache folder)."""
+    import datasets
+
+    folder = packed_dir(cfg, data_id, tokenizer, block_size, group)
+    if (folder / PACK_STATS_FILE).is_file():
+        log.info("reusing packed blocks %s", folder)
+    else:
+        for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        _, stats = pack_dataset(passages(), tokenizer, block_size, group, cache_file=tmp / PACKED_FILE)
+        (tmp / PACK_STATS_FILE).write_text(json.dumps({**asdict(stats), "data": data_id}, indent=1))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same packing first
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("packed %d blocks of %d into %s", stats.blocks, block_size, folder)
+    saved = json.loads((folder / PACK_STATS_FILE).read_text())
+    stats = PackingStats(**{k: saved[k] for k in ("passages", "blocks", "block_size", "real_tokens")})
+    blocks = datasets.Dataset.from_file(str(folder / PACKED_FILE)).remove_columns("n_real")
+    return blocks, stats, folder
+
+
+# Lengths bounded by the model ----------------------------------------------------------------------------------
+
+
+def check_max_length(length: int, key: str, config: Any, model: str) -> None:
+    """Refuse a block of ``length`` tokens longer than ``model`` allows, naming the config ``key``.
+
+    An error rather than a silent clamp: the block length sets the tokens per step and where passages are cut,
+    so the profile must state the length that is really trained (and the tables print it). Learned position
+    tables (GPT-2) crash past their end; sinusoidal (XGLM) and rotary ones were never trained there.
+    """
+    limit = max_positions(config)
+    if limit is not None and length > limit[0]:
+        hint = (" (train.max_length is set from kd.brd_max_length for Table 4's '+BRD' students and from "
+                "protocols.task_max_length for the protocol students)" if key == "train.max_length" else "")
+        raise TrainError(f"{key}={length} is longer than model {model!r} allows: its config's {limit[1]}="
+                         f"{limit[0]} positions; set {key} to at most {limit[0]}{hint}")
 
 
 # Chunked cross-entropy -------------------------------------------------------------------------------------
@@ -470,8 +589,68 @@ def run_and_save(trainer: Any, state: Any, model: Any, out: Path, resume: Path |
     if state.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     state.wait_for_everyone()
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # transformers 5.25's Trainer.save_model writes nothing unless the FSDP state-dict type is FULL_STATE_DICT
+        # (checkpoints may stay sharded); gather the full weights, offloaded to the CPU, for the final save.
+        plugin = trainer.accelerator.state.fsdp_plugin
+        if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(tmp))
+    state.wait_for_everyone()
+    if not has_weights(tmp):
+        raise TrainError(f"training finished but no model weights were written to {tmp}; no summary is written "
+                         "beside nothing (under FSDP the final save needs a full state dict)")
     return result, seconds, tmp, start_step, start_tokens
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved model's weights (safetensors or torch, single file or sharded)."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    return any((folder / f).is_file() for f in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
+                                                 WEIGHTS_INDEX_NAME))
+
+
+def fsdp_on_cpu(device: str) -> None:
+    """Let an FSDP launch (``accelerate launch`` with an FSDP config) shard on the CPU too.
+
+    accelerate 1.16 turns an FSDP launch into FSDP only on accelerators (``AcceleratorState.__init__`` sets
+    ``DistributedType.FSDP`` for MULTI_GPU-like types); on the CPU it silently trains with DDP, so the rehearsal of
+    configs/accelerate/fsdp_4gpu.yaml (fsdp_cpu_2proc.yaml) would test nothing. torch's FSDP2 itself runs over
+    gloo: when the launcher asks for FSDP and the profile's device is cpu, the FSDP plugin the Trainer builds is
+    kept. Does nothing otherwise; idempotent.
+    """
+    if device != "cpu" or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    init = AcceleratorState.__init__
+    if getattr(init, "brd_fsdp_on_cpu", False):
+        return
+
+    def patched(self: Any, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            # as accelerate does on a GPU: both shared states say FSDP (later AcceleratorState() calls copy
+            # PartialState's type)
+            self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+
+    patched.brd_fsdp_on_cpu = True  # type: ignore[attr-defined]
+    AcceleratorState.__init__ = patched  # type: ignore[method-assign]
+
+
+def distributed_state(cfg: Config) -> Any:
+    """accelerate's process state for training, its process group waiting ``train.ddp_timeout`` seconds at a
+    collective; on the CPU an FSDP launch shards (:func:`fsdp_on_cpu`)."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    device = cfg.resolved_device()
+    fsdp_on_cpu(device)
+    return PartialState(cpu=device == "cpu", timeout=timedelta(seconds=cfg.train.ddp_timeout))
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -500,6 +679,25 @@ def _peak_memory_mb(device: str) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS"
 
 
+def _pack_variant_blocks(cfg: Config, variant: str, card: dict[str, Any],
+                         tokenizer: PreTrainedTokenizerBase) -> tuple[datasets.Dataset, PackingStats, Path]:
+    from brdlib.assemble import load_variant
+
+    return packed_blocks(cfg, f"variant:{variant}:{card['fingerprint']}", lambda: load_variant(cfg, variant),
+                         tokenizer, cfg.train.max_length, cfg.train.pack_batch_passages)
+
+
+def pack_variant(cfg: Config, variant: str, init: str | None = None) -> tuple[Path, PackingStats]:
+    """Pack passage variant ``variant`` for training from ``init`` (default: the profile's student) into the cache
+    that :func:`train_student` reads, in this one process, without loading any weights; run it before
+    ``accelerate launch`` so that no rank waits at a barrier while rank 0 tokenises. Returns (cache folder, stats).
+    """
+    card = _ensure_variant(cfg, variant)
+    spec, _ = resolve_init(cfg, init)
+    _, stats, folder = _pack_variant_blocks(cfg, variant, card, load_tokenizer(spec))
+    return folder, stats
+
+
 def train_student(
     cfg: Config,
     variant: str,
@@ -518,12 +716,11 @@ def train_student(
     at once (``force`` retrains); an unfinished one resumes from its last complete checkpoint.
     """
     import torch
-    from accelerate import PartialState
     from transformers import TrainingArguments, default_data_collator
 
     from brdlib.models import load_model
 
-    state = PartialState(cpu=cfg.resolved_device() == "cpu")  # before anything reads the process count
+    state = distributed_state(cfg)  # before anything reads the process count
     t = cfg.train
     steps = max_steps or t.max_steps
     out, ckpt = student_dir(cfg, name), checkpoints_dir(cfg, name)
@@ -553,13 +750,9 @@ def train_student(
     loaded = load_model(init_spec, device="cpu", dtype="float32")  # fp32 master weights; autocast below
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config.use_cache = False
-    from brdlib.assemble import load_variant
-
-    with state.main_process_first():
-        blocks, packing = pack_dataset(
-            load_variant(cfg, variant), tokenizer, t.max_length, t.pack_batch_passages,
-            cache_file=ckpt / f"packed-{t.max_length}-{fingerprint}.arrow",
-        )
+    check_max_length(t.max_length, "train.max_length", model.config, init_spec)
+    with state.main_process_first():  # a no-op wait when --pack-only ran before the launch
+        blocks, packing, _ = _pack_variant_blocks(cfg, variant, card, tokenizer)
     per_device = per_device_batch(t.batch_size, state.num_processes, t.gradient_accumulation_steps)
     # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing; use whichever exists
     fields = TrainingArguments.__dataclass_fields__
@@ -583,6 +776,7 @@ def train_student(
         fp16=device == "cuda" and dtype == "float16",
         use_cpu=device == "cpu",
         **{checkpointing_arg: t.gradient_checkpointing},
+        ddp_timeout=t.ddp_timeout,
         seed=cfg.seed,
         data_seed=cfg.seed,
         include_num_input_tokens_seen="non_padding",
@@ -622,6 +816,7 @@ def train_student(
             "learning_rate": t.learning_rate, "packing": packing.as_dict(),
             "epochs": round(trainer.state.epoch or 0.0, 3), "loss_mode": "chunked" if chunked else "standard",
             "device": device, "mixed_precision": mixed, "gradient_checkpointing": t.gradient_checkpointing,
+            "distributed_type": str(state.distributed_type.value),
             "resumed_from_step": start_step, "session_seconds": round(seconds, 1),
             "session_tokens": int(session_tokens),
             "tokens_per_second": round(session_tokens / seconds, 1) if seconds > 0 else None,
@@ -697,7 +892,8 @@ def loss_curve_figure(summaries: Sequence[dict[str, Any]], title: str = "") -> F
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m brdlib.train PROFILE [key=value ...] --variant brd --name brd [--init SPEC] [--max-steps N]``"""
+    """``python -m brdlib.train PROFILE [key=value ...] --variant brd --name brd [--init SPEC] [--max-steps N]``;
+    with ``--pack-only``, only pack the variant into the cache the training reads (run it before accelerate launch)."""
     from brdlib.config import ConfigError, load_config
 
     parser = argparse.ArgumentParser(prog="python -m brdlib.train", description=__doc__.split("\n\n")[0])
@@ -708,10 +904,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--init", help="model spec, directory or trained student to start from")
     parser.add_argument("--max-steps", type=int, help="override the number of steps")
     parser.add_argument("--force", action="store_true", help="retrain even if a finished student exists")
+    parser.add_argument("--pack-only", action="store_true",
+                        help="tokenise and pack the variant into the cache the training reads, then stop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.profile, args.overrides)
+        if args.pack_only:
+            folder, stats = pack_variant(cfg, args.variant, args.init)
+            print(f"variant {args.variant!r}: {stats.blocks} blocks of {stats.block_size} tokens "
+                  f"({stats.real_tokens} real) in {folder}")
+            return 0
         name = args.name or ("further" if args.variant == "ori" else args.variant)
         steps = args.max_steps or (cfg.train.further_max_steps if args.variant == "ori" else None)
         path = train_student(cfg, args.variant, name, args.init, max_steps=steps, force=args.force)

@@ -174,3 +174,78 @@ def test_notebook_writes_its_table_and_figure_on_tiny(notebook, tiny_study):
                 "09_data_size": ["09_data_size.csv", "09_figure2.png"]}[notebook]
     for name in expected:
         assert (figures / name).is_file(), name
+
+
+# The reading of analysed text (issue 15): the tokenizer's start token and the model's positions ------------------
+
+
+def _tiny_gpt2(n_positions: int = 32):
+    """A random 2-layer GPT-2 with ``n_positions`` learned positions, over the tiny tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from brdlib.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return GPT2LMHeadModel(config).eval(), tok
+
+
+LONG = "The cat sat on the mat and the dog slept by the door. " * 8
+
+
+def test_token_logprobs_and_states_fit_the_models_positions():
+    """A text longer than GPT-2's positions crashed Table 5 and the probes. A (context, text) pair is read as the
+    scorer reads it (context cut from the left); a text longer than the positions is read in lm-eval's rolling
+    windows (``loglikelihood_rolling``); probing keeps the last positions' tokens."""
+    import torch
+
+    from brdlib.scoring import score_reference
+
+    model, tok = _tiny_gpt2(32)
+    ids = tok(LONG)["input_ids"]
+    assert len(ids) > 3 * 32
+    ctx_lp, whole_lp = token_logprobs(model, tok, [(LONG, " and then"), ("", LONG)], batch_size=2)
+    assert float(ctx_lp.sum()) == pytest.approx(score_reference(model, tok, LONG, " and then").sum_logprob, abs=1e-4)
+    assert len(whole_lp) == len(ids)  # every token scored
+    eot = tok.eos_token_id
+    with torch.no_grad():  # lm-eval's rolling windows by hand: 32 predicted tokens each, one token of context
+        first = model(input_ids=torch.tensor([[eot, *ids[:31]]])).logits[0].log_softmax(-1)
+        second = model(input_ids=torch.tensor([ids[31:63]])).logits[0].log_softmax(-1)
+    np.testing.assert_allclose(whole_lp[:32], first[torch.arange(32), torch.tensor(ids[:32])].numpy(), atol=1e-4)
+    np.testing.assert_allclose(whole_lp[32:64], second[torch.arange(32), torch.tensor(ids[32:64])].numpy(),
+                               atol=1e-4)
+    states = analysis.mean_pooled_states(model, tok, [LONG, "short"], 2)
+    with torch.no_grad():
+        tail = model(input_ids=torch.tensor([ids[-32:]]), output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(states[:, 0], torch.stack([h[0].mean(0) for h in tail]).numpy(), atol=1e-4)
+
+
+def test_probing_and_table5_read_the_tokenizers_start_token():
+    """XGLM's tokenizer puts '</s>' before every text; the probes and Table 5 see it, as training does."""
+    import torch
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from brdlib.models import tiny_tokenizer
+
+    backend = Tokenizer.from_str(tiny_tokenizer().backend_tokenizer.to_str())
+    backend.add_special_tokens(["</s>"])
+    eos = backend.token_to_id("</s>")
+    backend.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", eos)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="</s>")
+    model, _ = _tiny_gpt2(64)
+    model.resize_token_embeddings(len(tok))
+    text = "The cat sat on the mat."
+    ids = tok(text)["input_ids"]
+    assert ids[0] == eos
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    states = analysis.mean_pooled_states(model, tok, [text], 1)
+    np.testing.assert_allclose(states[:, 0], torch.stack([h[0].mean(0) for h in out.hidden_states]).numpy(),
+                               atol=1e-5)
+    lp = token_logprobs(model, tok, [("", text)])[0]
+    expected = out.logits[0, :-1].log_softmax(-1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    np.testing.assert_allclose(lp, expected.numpy(), atol=1e-5)

@@ -2,10 +2,20 @@ from pathlib import Path
 
 import pytest
 
-from brdlib.config import Config, ConfigError, available_profiles, load_config, parse_overrides
+from brdlib.config import (
+    CONFIG_DIR,
+    REPO_ROOT,
+    Config,
+    ConfigError,
+    available_profiles,
+    load_config,
+    merge_profiles,
+    parse_overrides,
+    raw_profile,
+)
 
 
-@pytest.mark.parametrize("name", ["tiny", "smoke", "paper"])
+@pytest.mark.parametrize("name", ["tiny", "smoke", "paper", "rehearsal"])
 def test_shipped_profiles_load(name):
     cfg = load_config(name)
     assert isinstance(cfg, Config)
@@ -14,7 +24,7 @@ def test_shipped_profiles_load(name):
 
 
 def test_available_profiles():
-    assert {"tiny", "smoke", "paper"} <= set(available_profiles())
+    assert {"tiny", "smoke", "paper", "rehearsal"} <= set(available_profiles())
 
 
 def test_paper_profile_has_the_papers_training_defaults():
@@ -149,3 +159,49 @@ def test_cli_prints_profile_and_fails_cleanly(capsys):
     assert "max_steps: 4" in capsys.readouterr().out
     assert main(["tiny", "train.max_stp=4"]) == 2
     assert "train.max_stp" in capsys.readouterr().err
+
+
+# Derived profiles (extends) ------------------------------------------------------------------------------------
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_extends_merges_the_file_over_its_base(tmp_path):
+    _write(tmp_path / "base.yaml", (CONFIG_DIR / "tiny.yaml").read_text())
+    child = _write(tmp_path / "child.yaml", "extends: base.yaml\ntrain: {max_steps: 9}\n"
+                                            "models: {extra: {helper: tiny-random:4}}\ndata: {tasks: [rte]}\n")
+    base, cfg = load_config(tmp_path / "base.yaml"), load_config(child, ["seed=5"])
+    assert cfg.profile == "child" and cfg.seed == 5
+    assert cfg.train.max_steps == 9 and cfg.train.batch_size == base.train.batch_size  # mappings merge key by key
+    assert cfg.data.tasks == ["rte"]  # lists replace
+    assert cfg.models.extra == {**base.models.extra, "helper": "tiny-random:4"}
+    assert raw_profile(child)["profile"] == "child" and "extends" not in raw_profile(child)
+
+
+def test_extends_a_named_profile_and_its_errors(tmp_path):
+    assert load_config(_write(tmp_path / "p.yaml", "extends: paper\nseed: 3\n")).models == load_config("paper").models
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        load_config(_write(tmp_path / "a.yaml", "extends: nope\n"))
+    with pytest.raises(ConfigError, match="'extends' must name a profile"):
+        load_config(_write(tmp_path / "b.yaml", "extends: [paper]\n"))
+    _write(tmp_path / "c.yaml", "extends: d.yaml\n")
+    with pytest.raises(ConfigError, match="cycle \\(d -> c -> d\\)"):
+        load_config(_write(tmp_path / "d.yaml", "extends: c.yaml\n"))
+    with pytest.raises(ConfigError, match="unknown key 'train.max_stepz'"):
+        load_config(_write(tmp_path / "e.yaml", "extends: paper\ntrain: {max_stepz: 3}\n"))
+
+
+def test_merge_profiles_replaces_with_null():
+    assert merge_profiles({"kd": {"released": {"skd": "a"}, "x": 1}}, {"kd": {"released": None}}) == {
+        "kd": {"released": None, "x": 1}}
+
+
+def test_hub_fixture_dir_needs_the_hub_source():
+    with pytest.raises(ConfigError, match="data.hub_fixture_dir stands in for the hub.*got source='fixture'"):
+        load_config("tiny", ["data.hub_fixture_dir=tests/fixtures/hub"])
+    cfg = load_config("paper", ["data.hub_fixture_dir=tests/fixtures/hub"])
+    assert cfg.data.resolved_hub_fixture_dir() == REPO_ROOT / "tests" / "fixtures" / "hub"
+    assert load_config("paper").data.resolved_hub_fixture_dir() is None

@@ -236,6 +236,17 @@ def test_cc100_streams_from_its_url_setting(tmp_path):
     assert corpus_label(cfg) == "CC-100 English (streamed)"
 
 
+def test_hub_fixture_dir_takes_the_place_of_the_cc100_url(tmp_path):
+    paper = ["data.n_sentences=7", f"output_root={tmp_path}"]
+    cfg = load_config("paper", [*paper, "data.hub_fixture_dir=tests/fixtures/hub"])
+    assert corpus.cc100_source(cfg) == str(corpus.cc100_fixture(cfg)) and corpus.cc100_source(cfg).endswith(
+        "tests/fixtures/hub/cc100/en.txt.xz")
+    assert corpus.cc100_source(load_config("paper", paper)) == "https://data.statmt.org/cc-100/en.txt.xz"
+    assert corpus.corpus_cache_key(cfg) != corpus.corpus_cache_key(load_config("paper", paper))
+    assert sum(len(p.sentences) for p in load_passages(cfg, progress=False)) == 7
+    assert corpus_label(cfg) == "CC-100 English (streamed) — test-fixture rows, not the real corpus"
+
+
 def test_unreachable_cc100_address_fails_clearly(tmp_path):
     cfg = _cfg(tmp_path, "data.corpus=cc100", "data.cc100_url=https://127.0.0.1:9/cc-100/en.txt.xz")
     with pytest.raises(CorpusError, match=r"corpus address 'https://127\.0\.0\.1:9/.*' could not be opened"):

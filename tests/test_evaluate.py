@@ -50,7 +50,7 @@ def test_mean_and_sum_rules_pick_different_candidates_through_evaluate(cfg, monk
     """Candidate 0 has the better mean (-1 over 3 tokens), candidate 1 the better sum (-2 over 1 token): the mean
     rule's accuracy is the share of gold 0, the sum rule's the share of gold 1, whatever the model."""
 
-    def fake(model, tokenizer, groups, batch_size=8, progress=False):
+    def fake(model, tokenizer, groups, batch_size=8, progress=False, **reading):
         return [[CandidateScore(-3.0, 3), CandidateScore(-2.0, 1), *[CandidateScore(-50.0, 1)] * (len(c) - 2)]
                 for _, c in groups]
 
@@ -268,7 +268,7 @@ def test_bigbench_per_task_and_figure(cfg):
 
 @pytest.mark.slow
 def test_notebook_04_writes_every_blind_table_on_tiny(tiny_study):
-    assert "models.extra.second_teacher=tiny-random:2" in tiny_study.OVERRIDES  # exercises Table 6
+    assert "models.extra.second_teacher=tiny-random:2" in tiny_study.overrides  # exercises Table 6
     tiny_study.executed("04_blind_test")
     figures = tiny_study.figures
     for stem in ["04_table3_blind", "04_figure3_bigbench", "04_table12", "04_table7", "04_table6"]:
@@ -309,3 +309,65 @@ def test_kd_brd_training_uses_its_own_batch_and_length(cfg):
     assert (cfg.train.batch_size, cfg.train.max_length) != (1, 32)  # the profile itself is untouched
     unset = cfg.model_copy(update={"kd": cfg.kd.model_copy(update={"brd_batch_size": None, "brd_max_length": None})})
     assert blind.kd_brd_config(unset) is unset
+
+
+# The readings in the predictions and the tables (issue 15): ties, truncation, start token -----------------------
+
+
+def _tied_examples(n: int, k: int = 4):
+    from brdlib.tasks import Example
+
+    return [Example("rte", str(i), "Q? Answer:", tuple(f"c{j}" for j in range(k)), 0, "test", "x", "t")
+            for i in range(n)]
+
+
+def test_tied_scores_spread_over_the_candidates_and_are_counted(cfg):
+    """Equal scores (common in bf16) went to the first candidate: a task listing the gold answer first gained."""
+    from brdlib.evaluate import predictions_frame
+
+    examples = _tied_examples(400)
+    scores = [[CandidateScore(-1.0, 1)] * 4 for _ in examples]
+    frame = predictions_frame("student", examples, scores)
+    counts = frame["pred_mean"].value_counts()
+    assert set(counts.index) == {0, 1, 2, 3} and counts.min() > 60
+    assert (frame["pred_mean"] == frame["pred_sum"]).all()
+    again = predictions_frame("student", examples, scores)
+    assert list(again["pred_mean"]) == list(frame["pred_mean"])  # repeatable
+    other = predictions_frame("student", examples, scores, seed=1)
+    assert list(other["pred_mean"]) != list(frame["pred_mean"])  # seeded
+    first = predictions_frame("student", examples, scores, tie_break="first")
+    assert (first["pred_mean"] == 0).all()
+    assert frame["tied_mean"].all() and frame["tied_sum"].all()
+    acc = accuracy_table(cfg, frame).set_index("task")
+    assert acc.loc["rte", "n_ties"] == 400 and acc.loc["rte", "n_truncated"] == 0
+
+
+def test_truncation_and_ties_are_counted_in_the_tables_and_the_caption_names_the_readings(tmp_path):
+    from brdlib.evaluate import caption
+
+    cfg = load_config("tiny", [f"output_root={tmp_path}", "eval.bootstrap_samples=50", "eval.max_length=16"])
+    preds = evaluate_model(cfg, "student", "student_base", TASKS, progress=False)
+    assert preds["truncated"].any() and (preds["max_length"] == 16).all()
+    acc = accuracy_table(cfg, preds).set_index("task")
+    for task, frame in preds.groupby("task"):
+        assert acc.loc[task, "n_truncated"] == frame["truncated"].sum() > 0
+        assert acc.loc[task, "n_ties"] == frame["tied_mean"].sum()
+    wide = results_table(cfg, accuracy_table(cfg, preds), "table3", setting="blind").set_index("role")
+    assert wide.loc["student_base", "rte: truncated"] == acc.loc["rte", "n_truncated"]
+    assert wide.loc["student_base", "rte: ties"] == acc.loc["rte", "n_ties"]
+    text = caption(cfg, preds, "Table 3")
+    assert "special_tokens=tokenizer" in text and "left-truncated" in text and "ties broken at random" in text
+    n_trunc = int(preds["truncated"].sum())
+    assert f"{n_trunc} of {len(preds)} examples truncated" in text
+
+
+def test_hub_ids_resolve_as_specs_not_student_names(tmp_path):
+    """The paper's released KD students are hub ids ('MiniLLM/KD-gpt2-760M'): notebook 04 resolves them as specs.
+    Before the fix ``train.is_trained`` raised 'not a plain directory name' on the slash and notebook 04 crashed."""
+    from brdlib.evaluate import resolve_model
+
+    paper = load_config("paper", [f"output_root={tmp_path}"])
+    for ref in paper.kd.released.values():
+        assert resolve_model(paper, ref) == ref
+    rehearsal = load_config("rehearsal", [f"output_root={tmp_path}"])
+    assert resolve_model(rehearsal, "tiny-random-gpt2:1") == "tiny-random-gpt2:1"

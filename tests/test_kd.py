@@ -25,7 +25,7 @@ from brdlib.kd import (
     train_kd_student,
 )
 from brdlib.models import build_tiny_random, load_model, tiny_tokenizer
-from brdlib.train import IGNORE_INDEX, SUMMARY_FILE, load_summary, student_dir, training_table
+from brdlib.train import IGNORE_INDEX, SUMMARY_FILE, TrainError, load_summary, student_dir, training_table
 
 
 def tiny_cfg(root, *overrides):
@@ -164,6 +164,22 @@ def test_training_with_a_teacher_of_another_vocabulary_fails_clearly(tmp_path):
     tok.save_pretrained(other)
     cfg = tiny_cfg(tmp_path / "out", f"kd.teacher={other}")
     with pytest.raises(KDError, match=r"teacher .*other-vocab' has 480 tokens and student 'tiny-random:0' has 479"):
+        train_kd_student(cfg, "skd", progress=False)
+    assert not (cfg.data_dir / "students" / "skd").exists()
+
+
+def test_a_kd_block_longer_than_the_student_allows_is_refused(tmp_path):
+    """kd.max_length past a GPT-2 student's n_positions crashed at the first step; now an error names the key."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    cfg = tiny_cfg(tmp_path / "out", f"kd.student={tmp_path / 'gpt2'}", "kd.max_length=64")
+    with pytest.raises(TrainError, match=r"kd\.max_length=64 is longer than model .*gpt2' allows: its config's "
+                                         r"n_positions=32 positions; set kd\.max_length to at most 32"):
         train_kd_student(cfg, "skd", progress=False)
     assert not (cfg.data_dir / "students" / "skd").exists()
 

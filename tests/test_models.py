@@ -3,14 +3,19 @@ import torch
 
 from brdlib.config import load_config
 from brdlib.models import (
+    TINY_ARCH_VERSION,
     check_models,
+    classify_spec,
     describe,
     embedded_name,
     generate_text,
     load_model,
     load_role,
+    materialize,
     resolve_spec,
+    tiny_arch_tokenizer,
     tiny_tokenizer,
+    validate_spec,
 )
 
 
@@ -35,7 +40,7 @@ def test_local_directory_spec(tmp_path):
         resolve_spec(str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("bad", ["smollm2", "tiny-random:x", "a/b/c", ""])
+@pytest.mark.parametrize("bad", ["smollm2", "tiny-random:x", "a/b/c", "", "tiny-random-bert", "tiny-random-xglm:x"])
 def test_unknown_specs_list_the_accepted_forms(bad):
     with pytest.raises(ValueError, match="accepted"):
         resolve_spec(bad)
@@ -95,3 +100,27 @@ def test_load_role_and_check_models():
     assert list(table["role"]) == ["teacher", "student"]
     assert list(table["paper_model"]) == ["lmsys/vicuna-13b-v1.5", "facebook/xglm-564M"]
     assert (table["params_M"] > 0).all()
+
+
+@pytest.mark.parametrize("arch", ["xglm", "llama", "gpt2"])
+def test_tiny_arch_specs_classify_without_building(arch, tmp_cache):
+    spec = classify_spec(f" tiny-random-{arch}:4 ")
+    assert (spec.spec, spec.kind) == (f"tiny-random-{arch}:4", "tiny-arch")
+    assert spec.source == str(tmp_cache / "tiny-models" / f"{arch}-seed4-v{TINY_ARCH_VERSION}")
+    assert classify_spec(f"tiny-random-{arch}").source.endswith(f"{arch}-seed0-v{TINY_ARCH_VERSION}")
+    assert validate_spec(f"tiny-random-{arch}:4") == f"tiny-random-{arch}:4" and embedded_name(spec.spec) is None
+    assert not (tmp_cache / "tiny-models").exists()
+
+
+def test_unknown_tiny_arch_lists_the_architectures():
+    with pytest.raises(ValueError, match="'tiny-random-<arch>\\[:<seed>\\]' with arch one of xglm, llama, gpt2"):
+        resolve_spec("tiny-random-bert")
+    with pytest.raises(ValueError, match="accepted: xglm, llama, gpt2"):
+        tiny_arch_tokenizer("bert")
+
+
+def test_materialize_refuses_real_models(tmp_path):
+    with pytest.raises(ValueError, match="tiny random models only; 'facebook/xglm-564M' is a hub model"):
+        materialize("facebook/xglm-564M", tmp_path)
+    folder = materialize("tiny-random:3", tmp_path / "t")
+    assert load_model(str(folder)).tokenizer("a b")["input_ids"] == tiny_tokenizer()("a b")["input_ids"]

@@ -232,6 +232,58 @@ def test_train_selected_keeps_the_best_tune_checkpoint(tmp_path, monkeypatch):
     assert (sel2.chosen_step, sel2.chosen) == (2, "toy2") and not is_trained(cfg, "toy2.step1")
 
 
+# Table 4: TaskDistillation +BRD (§5.1) -------------------------------------------------------------------------------
+
+CORE = ["xnli", "rte", "cb", "pawsx", "boolq", "sst2"]
+
+
+def _accuracy(values: dict[str, float]):
+    import pandas as pd
+
+    return pd.DataFrame([{"role": r, "task": t, "value": v, "n": 10, "n_tasks": 1, "ci_low": v - 5, "ci_high": v + 5}
+                         for r, v in values.items() for t in CORE])
+
+
+def test_table4_plus_brd_is_the_task_distillation_student_trained_further_on_brd2_data(tmp_path):
+    # §5.1: "+BRD" = the TaskDistillation student further trained on the BRD data of the task inputs; not brd2
+    plan = P.RELAXED_STUDENTS["task_distillation_brd"]
+    assert (plan.data, plan.init) == (P.BRD2_DATA, "task_distillation") == (P.RELAXED_STUDENTS["brd2"].data,
+                                                                             "task_distillation")
+    assert list(P.RELAXED_STUDENTS).index("task_distillation") < list(P.RELAXED_STUDENTS).index(
+        "task_distillation_brd")
+    assert P.TABLE4_ROLES == ("task_distillation", "task_distillation_brd")
+    cfg = tiny_cfg(tmp_path)
+    acc = _accuracy({"task_distillation": 50.0, "task_distillation_brd": 70.0, "brd2": 90.0})
+    sels = {r: P.Selection(r, "data", "student", 2, "fp", 2, r) for r in ("task_distillation", "task_distillation_brd")}
+    table = P.table4_block(cfg, acc, sels).set_index("role")
+    assert list(table.index) == ["task_distillation", "task_distillation_brd"]
+    assert table.loc["task_distillation_brd", "model (paper)"] == "+BRD"
+    assert table.loc["task_distillation_brd", "rte: ours (tiny)"] == 70.0  # the new student's, not brd2's 90
+    assert table.loc["task_distillation_brd", "rte: paper"] == 61.0
+    assert "Table 11 FBRD row cell for cell" in P.TABLE4_NOTE
+    with pytest.raises(P.ProtocolError, match="task_distillation_brd"):
+        P.table4_block(cfg, _accuracy({"task_distillation": 50.0, "brd2": 90.0}), sels)
+
+
+def test_a_plan_starts_from_the_chosen_checkpoint_of_an_earlier_plan(tmp_path, monkeypatch):
+    from brdlib.train import load_summary, student_dir
+
+    cfg = tiny_cfg(tmp_path, "protocols.task_max_steps=2", "protocols.checkpoint_candidates=2")
+    P.save_rows(cfg, "toy_sft", P.sft_rows(P.train_inputs(cfg, ["rte"])), "toy")
+    P.save_rows(cfg, "toy_sft2", P.sft_rows(P.train_inputs(cfg, ["sst2"])), "toy")
+    scores = {"td.step1": 80.0, "td": 55.0, "td_brd.step1": 10.0, "td_brd": 20.0}
+    monkeypatch.setattr(P, "tune_score", lambda cfg, model, *a, **k: scores[model])
+    plans = {"td": P.StudentPlan("toy_sft", None, "first"), "td_brd": P.StudentPlan("toy_sft2", "td", "then")}
+    sels = P.train_students(cfg, plans, ["rte"], progress=False)
+    assert sels["td"].chosen == "td.step1"
+    assert (sels["td_brd"].init, sels["td_brd"].data) == ("td.step1", "toy_sft2")  # the tune-selected checkpoint
+    assert load_summary(cfg, "td_brd")["init"] == str(student_dir(cfg, "td.step1"))
+    with pytest.raises(P.ProtocolError, match="'td_brd' starts from protocol student 'td'.*trained before it"):
+        P.resolved_plan("td_brd", plans["td_brd"], {"td_brd": plans["td_brd"], "td": plans["td"]}, {})
+    kept = P.resolved_plan("brd2", P.RELAXED_STUDENTS["brd2"], P.RELAXED_STUDENTS, {})
+    assert kept == P.RELAXED_STUDENTS["brd2"]  # 'brd' is notebook 03's student, not a protocol plan
+
+
 # Notebooks ----------------------------------------------------------------------------------------------------------
 
 
@@ -250,3 +302,19 @@ def test_notebook_writes_its_tables_on_tiny(stem, outputs, tiny_study):
     png = figures / ("05_relaxed.png" if stem.startswith("05") else "06_supervised.png")
     assert png.stat().st_size > 1000
     assert (root / "data" / "tiny" / "eval" / "predictions" / P.EVAL_SPLIT).is_dir()
+
+
+@pytest.mark.slow
+def test_notebook05_table4_plus_brd_row_is_the_task_distillation_student_trained_further(tiny_study):
+    import pandas as pd
+
+    tiny_study.executed("05_relaxed_test")
+    cfg, figures = tiny_study.config(), tiny_study.figures
+    td, td_brd = P.load_selection(cfg, "task_distillation"), P.load_selection(cfg, "task_distillation_brd")
+    assert (td_brd.data, td_brd.init) == (P.BRD2_DATA, td.chosen)
+    table = pd.read_csv(figures / "05_table4_taskdistillation.csv").set_index("role")
+    acc = pd.read_csv(figures / "05_accuracy.csv")
+    for task in CORE:
+        ours = acc[(acc["role"] == "task_distillation_brd") & (acc["task"] == task)]["value"].item()
+        assert table.loc["task_distillation_brd", f"{task}: ours (tiny)"] == pytest.approx(ours, abs=0.05)
+    assert "Table 11 FBRD row cell for cell" in (figures / "05_table4_taskdistillation.md").read_text()

@@ -156,3 +156,218 @@ def test_real_model_matches_reference():
         for cand, got in zip(cands, scores, strict=True):
             ref = score_reference(m.model, m.tokenizer, prompt, cand)
             assert got.sum_logprob == pytest.approx(ref.sum_logprob, abs=1e-4)
+
+
+# The reading of scored text (issue 15): start token, truncation, ties ----------------------------------------
+
+
+def _template_tokenizer(template: str):
+    """The tiny tokenizer with XGLM's special tokens and a post-processor ``template`` (XGLM's is ``</s> $A``)."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tiny_tokenizer().backend_tokenizer.to_str())
+    backend.add_special_tokens(["<s>", "<pad>", "</s>"])
+    eos = backend.token_to_id("</s>")
+    backend.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("</s>", eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def _tiny_xglm(tokenizer):
+    """A random 2-layer XGLM (sinusoidal positions, as the paper's student) over ``tokenizer``'s vocabulary."""
+    import torch
+    from transformers import XGLMConfig, XGLMForCausalLM
+
+    config = XGLMConfig(vocab_size=len(tokenizer), d_model=32, ffn_dim=64, num_layers=2, attention_heads=4,
+                        max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=1)  # XGLM's own (its positions' pad row)
+    torch.manual_seed(0)
+    return XGLMForCausalLM(config).eval()
+
+
+def _tiny_gpt2(n_positions: int = 32):
+    """A random 2-layer GPT-2 with a ``n_positions``-long learned position table, over the tiny tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = tiny_tokenizer()
+    config = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(config).eval(), tok
+
+
+def _by_hand(model, ctx: list[int], cont: list[int], max_length: int | None = None) -> float:
+    """lm-eval's ``_loglikelihood_tokens`` for one request: the last ``max_length + 1`` tokens of context and
+    continuation, less the last, are the input; the last ``len(cont)`` logits score the continuation."""
+    import torch
+
+    seq = ctx + cont
+    inp = (seq[-(max_length + 1):] if max_length else seq)[:-1]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([inp])).logits[0, -len(cont):].float()
+    return float(torch.log_softmax(logits, -1)[torch.arange(len(cont)), torch.tensor(cont)].sum())
+
+
+def _lm_eval_pair(tok, context: str, continuation: str, **special) -> tuple[list[int], list[int]]:
+    """lm-eval's ``_encode_pair`` (HFLM, causal): the whole text and the context encoded as the tokenizer does
+    by default (``special``: e.g. ``add_special_tokens=False``), the continuation the tail beyond the context."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    whole = tok(context + continuation, **special)["input_ids"]
+    ctx = tok(context, **special)["input_ids"]
+    return ctx, whole[len(ctx):]
+
+
+XGLM_GROUPS = [g for g in GROUPS if g[0]]  # non-empty contexts: lm-eval's _encode_pair applies
+
+
+def test_scores_read_the_tokenizers_start_token_as_training_does():
+    """XGLM's tokenizer puts '</s>' before every text and the student is trained so; scoring reads it too."""
+    tok = _template_tokenizer("</s> $A")
+    model = _tiny_xglm(tok)
+    assert tok("Hello")["input_ids"][0] == tok.eos_token_id  # the fixture prepends, as XGLM's tokenizer does
+    scored = score_candidates(model, tok, XGLM_GROUPS, batch_size=2)
+    for (prompt, cands), scores in zip(XGLM_GROUPS, scored, strict=True):
+        for cand, got in zip(cands, scores, strict=True):
+            ctx, cont = _lm_eval_pair(tok, prompt, cand)
+            assert ctx[0] == tok.eos_token_id
+            assert got.n_tokens == len(cont)
+            assert got.sum_logprob == pytest.approx(_by_hand(model, ctx, cont), abs=1e-4)
+            ref = score_reference(model, tok, prompt, cand)
+            assert (ref.n_tokens, ref.sum_logprob) == (got.n_tokens, pytest.approx(got.sum_logprob, abs=1e-4))
+    # an empty context is the start token alone: the whole text is scored after '</s>', as it was trained
+    text = "An empty prompt conditions on the start token."
+    alone = score_candidates(model, tok, [("", [text])])[0][0]
+    ids = tok(text)["input_ids"]
+    assert alone.sum_logprob == pytest.approx(_by_hand(model, ids[:1], ids[1:]), abs=1e-4)
+
+
+def test_special_tokens_none_keeps_the_plain_reading_and_bad_values_are_named():
+    tok = _template_tokenizer("</s> $A")
+    model = _tiny_xglm(tok)
+    scored = score_candidates(model, tok, XGLM_GROUPS, special_tokens="none")
+    for (prompt, cands), scores in zip(XGLM_GROUPS, scored, strict=True):
+        for cand, got in zip(cands, scores, strict=True):
+            ctx, cont = _lm_eval_pair(tok, prompt, cand, add_special_tokens=False)
+            assert ctx[0] != tok.eos_token_id
+            assert got.sum_logprob == pytest.approx(_by_hand(model, ctx, cont), abs=1e-4)
+            ref = score_reference(model, tok, prompt, cand, special_tokens="none")
+            assert ref.sum_logprob == pytest.approx(got.sum_logprob, abs=1e-4)
+    with pytest.raises(ValueError, match="'tokenizer', 'none'"):
+        score_candidates(model, tok, XGLM_GROUPS, special_tokens="bos")
+
+
+def test_tokens_a_template_appends_are_not_scored():
+    """A post-processor ``$A </s>`` appends a token: it belongs neither to the context nor to the continuation
+    (a candidate is not the end of a text), so such a tokenizer scores as with no special tokens."""
+    tok = _template_tokenizer("$A </s>")
+    model = _tiny_xglm(tok)
+    assert tok("Hello")["input_ids"][-1] == tok.eos_token_id
+    default = score_candidates(model, tok, XGLM_GROUPS)
+    plain = score_candidates(model, tok, XGLM_GROUPS, special_tokens="none")
+    for a, b in zip(default, plain, strict=True):
+        assert [(s.n_tokens, s.sum_logprob) for s in a] == [(s.n_tokens, s.sum_logprob) for s in b]
+
+
+LONG_PROMPT = "Premise: " + "The cat sat on the mat and the dog slept by the door. " * 6 + "True or False? Answer:"
+
+
+def test_long_prompts_are_left_truncated_to_the_models_positions_as_lm_eval_does():
+    """GPT-2 has a fixed table of positions (1,024; here 32): a longer prompt crashed the scorer. The context is
+    cut from the left so context + continuation, less its last token, fit; the continuation stays whole."""
+    model, tok = _tiny_gpt2(32)
+    groups = [(LONG_PROMPT, [" True", " False", " True, and more words than one"]), ("Short prompt:", [" a", " b"])]
+    assert len(tok(LONG_PROMPT)["input_ids"]) > 3 * 32
+    scored = score_candidates(model, tok, groups, batch_size=2)
+    for (prompt, cands), scores in zip(groups, scored, strict=True):
+        for cand, got in zip(cands, scores, strict=True):
+            ctx, cont = _lm_eval_pair(tok, prompt, cand)
+            assert got.n_tokens == len(cont)
+            assert got.sum_logprob == pytest.approx(_by_hand(model, ctx, cont, max_length=32), abs=1e-4)
+            ref = score_reference(model, tok, prompt, cand)
+            assert ref.sum_logprob == pytest.approx(got.sum_logprob, abs=1e-4)
+            assert got.truncated == (len(ctx) + len(cont) > 33) == (prompt == LONG_PROMPT)
+
+
+def test_a_lower_bound_truncates_more_and_a_continuation_too_long_is_named():
+    model, tok = _tiny_gpt2(32)
+    groups = [("Short prompt with a few words:", [" a", " b c"])]
+    got = score_candidates(model, tok, groups, max_length=4)[0]
+    for cand, s in zip(groups[0][1], got, strict=True):
+        ctx, cont = _lm_eval_pair(tok, groups[0][0], cand)
+        assert s.truncated and s.sum_logprob == pytest.approx(_by_hand(model, ctx, cont, max_length=4), abs=1e-4)
+    with pytest.raises(ValueError, match="longer than the 32 positions"):
+        score_candidates(model, tok, [("Q:", [" word" * 40])])
+
+
+def test_ties_are_broken_by_a_seeded_hash_not_by_position():
+    tied = [CandidateScore(-1.0, 1)] * 4
+    assert predict(tied, "mean") == 0  # "first": the old reading, kept as an option
+    picks = [predict(tied, "mean", tie_break="random", key=f"0:rte:{i}") for i in range(400)]
+    assert {picks.count(j) for j in range(4)} and min(picks.count(j) for j in range(4)) > 60
+    assert picks == [predict(tied, "sum", tie_break="random", key=f"0:rte:{i}") for i in range(400)]  # repeatable
+    assert predict([CandidateScore(-2.0, 1), *tied[:2]], "mean", tie_break="random", key="x") in (1, 2)
+    assert predict([CandidateScore(-0.5, 1), *tied], "mean", tie_break="random", key="x") == 0  # no tie: the max
+    with pytest.raises(ValueError, match="'random', 'first'"):
+        predict(tied, "mean", tie_break="last")
+
+
+def test_the_reading_equals_lm_evaluation_harness():
+    """lm-eval's own HFLM.loglikelihood (the bench extra) on the same requests: the tokenizer's start token and the
+    left truncation agree with ours to float precision. (An empty context differs on purpose: lm-eval conditions it on
+    BOS, ours on the start tokens training puts there; see brdlib.scoring's docstring.)"""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is the 'bench' extra")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    tok = _template_tokenizer("</s> $A")
+    gpt2, gpt2_tok = _tiny_gpt2(32)
+    long_groups = [(LONG_PROMPT, [" True", " False", " True, and more words than one"]), ("Short:", [" a", " b"])]
+    for model, tokenizer, groups in [(_tiny_xglm(tok), tok, XGLM_GROUPS), (gpt2, gpt2_tok, long_groups)]:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, device="cpu")
+        requests = [Instance("loglikelihood", {}, (p, c), i) for i, (p, cs) in enumerate(groups) for c in cs]
+        theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+        ours = [s.sum_logprob for row in score_candidates(model, tokenizer, groups) for s in row]
+        assert ours == pytest.approx(theirs, abs=1e-4)
+
+
+def test_positions_are_read_from_each_architectures_config():
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, LlamaConfig, XGLMConfig
+
+    from brdlib.scoring import model_max_length
+
+    assert model_max_length(SimpleNamespace(config=GPT2Config())) == 1024  # the paper's GPT-2 KD students
+    assert model_max_length(SimpleNamespace(config=XGLMConfig())) == 2048  # sinusoidal, but trained to 2,048
+    assert model_max_length(SimpleNamespace(config=LlamaConfig(max_position_embeddings=4096))) == 4096
+    assert model_max_length(SimpleNamespace(config=SimpleNamespace())) is None
+
+
+def test_a_cache_written_before_truncation_was_recorded_still_opens(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE scores (model TEXT, task TEXT, example TEXT, candidate TEXT, sum_logprob REAL, "
+                   "n_tokens INTEGER, PRIMARY KEY (model, task, example, candidate))")
+        db.execute("INSERT INTO scores VALUES ('m', 'rte', '1', ' yes', -1.5, 2)")
+    db.close()
+    cache = ScoreCache(path)
+    assert cache.get("m", "rte", "1", " yes") == CandidateScore(-1.5, 2, False)
+    cache.put_many([("m", "rte", "2", " no", CandidateScore(-2.0, 1, True))])
+    assert cache.get("m", "rte", "2", " no").truncated
+    cache.close()
+
+
+def test_a_text_that_starts_with_its_start_token_does_not_get_it_twice():
+    from brdlib.scoring import encode_text, reading
+
+    tok = _template_tokenizer("</s> $A")
+    read = reading(_tiny_xglm(tok), tok)
+    assert read.prefix == (tok.eos_token_id,) and read.prefix_text == "</s>"
+    ctx, _ = encode_pair(tok, "</s>Hello", " world", read)
+    assert ctx[0] == tok.eos_token_id and ctx.count(tok.eos_token_id) == 1  # lm-eval's has_bos_prefix
+    assert encode_text(tok, "Hello", read) == tok("Hello")["input_ids"]

@@ -155,6 +155,19 @@ def test_hub_ids_are_the_documented_datasets():
     assert tasks.split_plan(cfg, "pawsx") == tasks.SplitPlan("test", "train", "validation")
 
 
+def test_hub_fixture_dir_feeds_the_hub_loader_and_names_what_is_missing(tmp_path):
+    cfg = load_config("paper", ["data.hub_fixture_dir=tests/fixtures/hub", "data.max_examples_per_task=3"])
+    info = split_info(cfg, "sst2")
+    hub = "hub-fixture:nyu-mll/glue/sst2"
+    assert info.sources == {"test": f"{hub}:validation", "train": f"{hub}:train", "tune": f"{hub}:train",
+                            "heldout": f"{hub}:validation"}
+    assert [e.task for e in load_examples(cfg, "sst2")] == ["sst2"] * 3
+    empty = load_config("paper", [f"data.hub_fixture_dir={tmp_path}"])
+    with pytest.raises(TaskDataError, match=rf"task rte: could not load hub-fixture:aps/super_glue/rte:\w+ from "
+                                            rf"{tmp_path}/aps/super_glue \("):
+        load_examples(empty, "rte")
+
+
 # Bad data ------------------------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +163,18 @@ def test_vllm_arguments_are_built_for_its_api():
                       "max_model_len": 4096}
 
 
+def test_vllm_memory_share_is_a_checked_profile_key():
+    """Defect 4: vLLM's share of the GPU is set from the profile (it was left to vLLM's default)."""
+    engine = vllm_engine_kwargs("/m", gpu_memory_utilization=0.85, enforce_eager=True)
+    assert engine["gpu_memory_utilization"] == 0.85 and engine["enforce_eager"] is True
+    with pytest.raises(ValueError, match=r"gpu_memory_utilization must lie in \(0, 1\], got 1.5"):
+        vllm_engine_kwargs("/m", gpu_memory_utilization=1.5)
+    assert load_config("paper").teacher.vllm_gpu_memory_utilization == 0.85
+    assert load_config("paper").teacher.vllm_child_process is True
+    with pytest.raises(Exception, match="vllm_gpu_memory_utilization"):
+        load_config("tiny", ["teacher.vllm_gpu_memory_utilization=1.5"])
+
+
 @pytest.mark.skipif(vllm_available(), reason="vllm is installed here")
 def test_vllm_backend_without_vllm_says_how_to_get_it():
     with pytest.raises(ImportError, match=r"brdlib\[gpu\]"):
@@ -273,23 +286,32 @@ def test_a_run_writes_one_record_per_sentence_and_behaviour(uninterrupted):
     assert by_pos[("ner", "doc0-p0", 0)][5:] == by_pos[("ner", "doc6-p0", 0)][5:]
 
 
-@pytest.mark.parametrize("k", [4, 9, 15])
-def test_a_run_killed_after_k_records_resumes_to_exactly_the_uninterrupted_records(loaded, uninterrupted, tmp_path, k):
-    reference, _ = uninterrupted
-    items = items_from_passages(make_passages())
+def kill_and_resume(run_fn, loaded, reference, tmp_path, items, k):
+    """Kill ``run_fn`` once ``k`` records of one behaviour are written, rerun it, and check that the records equal
+    the uninterrupted run's with no duplicate line and every partial record reused; returns the partial records
+    and the rerun's result."""
 
     def kill_after_k(behaviour: str, written: int) -> None:
         if behaviour == BEHAVIOURS[k % 2] and written >= k:
             raise Killed
 
     with pytest.raises(Killed):
-        run(loaded, tmp_path, items, on_batch=kill_after_k)
+        run_fn(loaded, tmp_path, items, on_batch=kill_after_k)
     partial = records_in(tmp_path)
     assert 0 < len(partial) < len(records_in(reference))
-    stats = run(loaded, tmp_path, items)
+    result = run_fn(loaded, tmp_path, items)
+    stats = result[0] if isinstance(result, tuple) else result
     assert records_in(tmp_path) == records_in(reference)
     assert lines_in(tmp_path) == len(records_in(reference))  # no duplicate line
     assert sum(s.reused for s in stats.behaviours.values()) == len(partial)
+    return partial, result
+
+
+@pytest.mark.parametrize("k", [4, 9, 15])
+def test_a_run_killed_after_k_records_resumes_to_exactly_the_uninterrupted_records(loaded, uninterrupted, tmp_path, k):
+    reference, _ = uninterrupted
+    items = items_from_passages(make_passages())
+    kill_and_resume(run, loaded, reference, tmp_path, items, k)
     again = run(loaded, tmp_path, items)  # a finished run generates nothing
     assert again.sentences_generated == 0 and records_in(tmp_path) == records_in(reference)
 
@@ -328,6 +350,63 @@ def test_a_run_killed_by_sigkill_resumes_without_loss_or_duplicate(loaded, unint
     run(loaded, tmp_path, items_from_passages(make_passages()))
     assert records_in(tmp_path) == records_in(reference)
     assert lines_in(tmp_path) == len(records_in(reference))
+
+
+class StreamingTransformers(TransformersBackend):
+    """A transformers backend that streams as vLLM does (``streams``): one call per stream, completions handed back
+    in an order other than the prompts' (last first), every call's prompt count recorded."""
+
+    streams = True
+
+    def __init__(self, loaded, batch_size: int = 4) -> None:
+        super().__init__(loaded, batch_size=batch_size)
+        self.calls: list[int] = []
+
+    def generate_stream(self, prompts, params, shared_prefix=None):
+        self.calls.append(len(prompts))
+        gens = self.generate(prompts, params, shared_prefix)
+        yield from reversed(list(enumerate(gens)))
+
+
+def stream_run(loaded, out, items, on_batch=None):
+    backend = StreamingTransformers(loaded, batch_size=4)
+    params = {b: params_for(b) for b in BEHAVIOURS}
+    stats = generate_behaviours(items, backend, out, params, progress=False, on_batch=on_batch)
+    return stats, backend
+
+
+def test_a_streaming_backend_gets_every_missing_prompt_in_one_call(loaded, uninterrupted, tmp_path):
+    """vLLM is handed the whole stream, not blocks of batch_size that each wait for their slowest completion."""
+    reference, _ = uninterrupted
+    items = items_from_passages(make_passages())
+    stats, backend = stream_run(loaded, tmp_path, items)
+    distinct = len({it.sentence for it in items})
+    assert backend.calls == [distinct, distinct] and distinct > backend.batch_size  # one call per behaviour
+    assert records_in(tmp_path) == records_in(reference) and lines_in(tmp_path) == len(records_in(reference))
+    assert stats.sentences_generated == 2 * distinct
+
+
+def test_a_huge_stream_goes_in_blocks_of_stream_block(loaded, uninterrupted, tmp_path, monkeypatch):
+    """The paper's millions of prompts are not rendered and sent at once: blocks of teacher.STREAM_BLOCK."""
+    from brdlib import teacher as teacher_mod
+
+    monkeypatch.setattr(teacher_mod, "STREAM_BLOCK", 4)
+    reference, _ = uninterrupted
+    _, backend = stream_run(loaded, tmp_path, items_from_passages(make_passages()))
+    assert backend.calls == [4, 4, 3, 4, 4, 3]
+    assert records_in(tmp_path) == records_in(reference)
+
+
+@pytest.mark.parametrize("k", [4, 9])
+def test_a_killed_streaming_run_resumes_without_loss_or_duplicate(loaded, uninterrupted, tmp_path, k):
+    """Records are written batch_size at a time as they finish; a resumed stream asks only for what is missing."""
+    reference, _ = uninterrupted
+    items = items_from_passages(make_passages())
+    partial, (stats, backend) = kill_and_resume(stream_run, loaded, reference, tmp_path, items, k)
+    done_keys = {(r[0], r[3]) for r in partial}
+    missing = {(b, record_key("tiny-sharp:3", TEMPLATES[b], params_for(b), it.sentence))
+               for b in BEHAVIOURS for it in items} - done_keys
+    assert stats.sentences_generated == sum(backend.calls) == len(missing)  # nothing finished is asked for again
 
 
 def test_shards_run_apart_add_up_to_the_whole_run(loaded, uninterrupted, tmp_path):
@@ -444,3 +523,14 @@ def test_llamacpp_backend_is_repeatable(smollm2_llamacpp):
     first = smollm2_llamacpp.generate(prompts, params)
     again = smollm2_llamacpp.generate(prompts[::-1], params)[::-1]
     assert [g.text for g in first] == [g.text for g in again]
+
+
+def test_a_vllm_python_that_is_no_interpreter_is_named(tmp_path):
+    """teacher.vllm_python (vLLM in an environment of its own) must be an executable; the error names the key."""
+    from brdlib.backends import VllmBackend, check_vllm_python
+
+    with pytest.raises(ValueError, match=r"teacher.vllm_python=.*not an executable Python interpreter"):
+        VllmBackend(str(tmp_path), "m", device="cpu", python=tmp_path / "no-such-python")
+    assert check_vllm_python(sys.executable) == str(Path(sys.executable).absolute())  # a venv's link is kept
+    cfg = load_config("rehearsal", [f"teacher.vllm_python={sys.executable}"])
+    assert str(cfg.teacher.vllm_python) == sys.executable

@@ -4,6 +4,7 @@ the same weights, finished students are reused, and DDP over two CPU processes t
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -30,6 +31,7 @@ from brdlib.train import (
     loss_curve_figure,
     pack_dataset,
     pack_sequences,
+    pack_variant,
     peak_flops,
     per_device_batch,
     resolve_init,
@@ -312,3 +314,161 @@ def test_chunked_loss_and_gradient_checkpointing_train_like_the_standard_loss(ti
     assert a["loss_mode"] == "standard" and b["loss_mode"] == "chunked" and b["gradient_checkpointing"]
     assert [h["loss"] for h in a["log_history"]] == pytest.approx([h["loss"] for h in b["log_history"]], abs=1e-5)
     _assert_same_weights(student_dir(cfg, "standard"), student_dir(other, "chunked"), atol=1e-5)
+
+
+# Lengths, packing cache, FSDP, process-group timeout ------------------------------------------------------------
+
+
+def _tiny_gpt2(folder: Path, n_positions: int) -> Path:
+    """A tiny random GPT-2 (learned positions: it crashes past n_positions) with the tiny tokenizer, saved."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=32, n_layer=1,
+                                       n_head=2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_block_longer_than_the_model_allows_is_refused(tiny_brd, tmp_path):
+    """Table 4's '+BRD' on GPT-2 students (1,024 positions) at the student's 2,048 crashed at step one."""
+    gpt2 = str(_tiny_gpt2(tmp_path / "gpt2", n_positions=64))
+    with pytest.raises(TrainError, match=r"train\.max_length=128 is longer than model .*gpt2.* n_positions=64 "
+                                         r"positions; set train\.max_length to at most 64.*kd\.brd_max_length"):
+        train_student(tiny_brd, "brd", "long", init=gpt2, max_steps=1, progress=False)
+    assert not student_dir(tiny_brd, "long").exists()
+    fits = tiny_cfg(tmp_path, "train.max_length=64")
+    train_student(fits, "brd", "fits", init=gpt2, max_steps=1, progress=False)
+    assert load_summary(fits, "fits")["max_length"] == 64
+
+
+def test_packing_is_a_cached_step_that_training_reuses(tiny_brd, tmp_path, monkeypatch):
+    """--pack-only (before accelerate launch) tokenises once; a second pack and the training read the cache."""
+    import brdlib.train
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cli = subprocess.run([sys.executable, "-m", "brdlib.train", "tiny", f"output_root={tmp_path}", "--variant",
+                          "brd", "--pack-only"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    folder = Path(cli.stdout.strip().split(" in ")[-1])
+    assert folder.parent == tiny_brd.data_dir / "packed" and (folder / "blocks.arrow").is_file()
+    assert not list(folder.parent.glob(".*"))  # written under a temporary name, renamed into place
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("packed again instead of reading the cache")
+
+    monkeypatch.setattr(brdlib.train, "pack_dataset", no_tokenising)
+    again, stats = pack_variant(tiny_brd, "brd")
+    assert again == folder and stats.blocks > 0 and stats.block_size == 128
+    train_student(tiny_brd, "brd", "from_cache", max_steps=1, progress=False)
+    assert load_summary(tiny_brd, "from_cache")["packing"] == stats.as_dict()
+    with pytest.raises(AssertionError, match="packed again"):  # another block length is another cache entry
+        pack_variant(tiny_cfg(tmp_path, "train.max_length=64"), "brd")
+
+
+def test_timeout_and_gradient_checkpointing_reach_the_trainer(tiny_brd, tmp_path, monkeypatch):
+    import accelerate
+    from transformers import TrainerCallback
+
+    seen: dict = {}
+    real_state = accelerate.PartialState
+
+    def partial_state(*args, **kwargs):
+        seen["state_timeout"] = kwargs.get("timeout")
+        return real_state(*args, **kwargs)
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen.update(ddp_timeout=args.ddp_timeout, checkpointing=args.activation_checkpointing,
+                        model_checkpointing=model.is_activation_checkpointing)
+
+    monkeypatch.setattr(accelerate, "PartialState", partial_state)
+    cfg = tiny_cfg(tmp_path, "train.ddp_timeout=4321", "train.gradient_checkpointing=true")
+    train_student(cfg, "brd", "spied", max_steps=1, callbacks=[Spy()], progress=False)
+    assert seen["state_timeout"].total_seconds() == 4321 and seen["ddp_timeout"] == 4321
+    assert seen["checkpointing"] is True and seen["model_checkpointing"] is True
+
+
+def test_paper_profile_fits_its_models():
+    """'+BRD' on the released GPT-2 760M students (n_positions 1,024); XGLM-564M at 2x2,048 per GPU checkpointed."""
+    cfg = load_config("paper")
+    assert cfg.kd.brd_max_length <= 1024 and cfg.train.max_length <= 2048
+    assert cfg.train.gradient_checkpointing and cfg.train.ddp_timeout >= 3600
+
+
+def test_no_summary_is_written_beside_no_weights(tiny_brd, monkeypatch):
+    """What FSDP's SHARDED_STATE_DICT did: Trainer.save_model wrote nothing and a summary went beside nothing."""
+    from transformers import Trainer
+
+    save = Trainer.save_model
+
+    def final_save_writes_nothing(self, output_dir=None, _internal_call=False):
+        if _internal_call:  # checkpoints are saved as usual
+            save(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(Trainer, "save_model", final_save_writes_nothing)
+    with pytest.raises(TrainError, match="no model weights were written"):
+        train_student(tiny_brd, "brd", "weightless", max_steps=1, progress=False)
+    assert not student_dir(tiny_brd, "weightless").exists()
+
+
+def test_fsdp_cpu_config_mirrors_the_gpu_one():
+    """The CPU rehearsal shards exactly as configs/accelerate/fsdp_4gpu.yaml does; only processes and precision."""
+    import yaml
+
+    cpu, gpu = (yaml.safe_load((REPO_ROOT / "configs/accelerate" / f"{n}.yaml").read_text())
+                for n in ("fsdp_cpu_2proc", "fsdp_4gpu"))
+    assert cpu["distributed_type"] == gpu["distributed_type"] == "FSDP" and cpu["fsdp_config"] == gpu["fsdp_config"]
+    assert cpu["num_processes"] == 2 and cpu["mixed_precision"] == "no"
+
+
+@pytest.mark.slow
+def test_fsdp_two_cpu_processes_save_a_student_that_loads_and_scores(tiny_brd, tmp_path):
+    """configs/accelerate/fsdp_cpu_2proc.yaml (fsdp_4gpu.yaml's FSDP2 settings, SHARDED_STATE_DICT checkpoints)
+    after --pack-only: both ranks read the packed cache, shard, and the final save is a full, loadable model."""
+    from brdlib.scoring import score_candidates
+
+    cfg = tiny_brd
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    base = ["tiny", f"output_root={tmp_path}", "train.max_steps=4", "train.save_steps=2", "--variant", "brd"]
+    packed = subprocess.run([sys.executable, "-m", "brdlib.train", *base, "--pack-only"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert packed.returncode == 0, packed.stderr[-2000:]
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+           str(REPO_ROOT / "configs/accelerate/fsdp_cpu_2proc.yaml"), "-m", "brdlib.train", *base, "--name", "fsdp"]
+    run = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("reusing packed blocks") == 2 and "packing into blocks" not in run.stderr
+    assert "pytorch_model_fsdp_0" in run.stderr  # accelerate wrote sharded FSDP checkpoints
+    summary = load_summary(cfg, "fsdp")
+    assert summary["distributed_type"] == "FSDP" and summary["world_size"] == 2 and summary["steps"] == 4
+    loaded = load_model(str(student_dir(cfg, "fsdp")))
+    scores = score_candidates(loaded.model, loaded.tokenizer, [("The capital of France is", [" Paris", " Rome"])])
+    assert len(scores[0]) == 2 and all(math.isfinite(s.sum_logprob) and s.n_tokens > 0 for s in scores[0])
+    single = train_student(cfg, "brd", "single", progress=False)
+    _assert_same_weights(student_dir(cfg, "fsdp"), single, atol=1e-5)
+
+
+def test_xglm_with_gradient_checkpointing_trains_as_without(tiny_brd, tmp_path):
+    """The paper's setting (paper.yaml: XGLM, chunked loss, gradient checkpointing) gives the same steps as without."""
+    from transformers import XGLMConfig, XGLMForCausalLM
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    xglm = XGLMForCausalLM(XGLMConfig(vocab_size=len(tok), d_model=32, num_layers=2, attention_heads=4, ffn_dim=64,
+                                      max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    xglm.save_pretrained(tmp_path / "xglm")
+    tok.save_pretrained(tmp_path / "xglm")
+    summaries = []
+    for flag in ("false", "true"):
+        cfg = tiny_cfg(tmp_path, "train.loss=chunked", "train.loss_chunk_tokens=50",
+                       f"train.gradient_checkpointing={flag}")
+        train_student(cfg, "brd", f"xglm_{flag}", init=str(tmp_path / "xglm"), max_steps=2, progress=False)
+        summaries.append(load_summary(cfg, f"xglm_{flag}"))
+    assert [s["gradient_checkpointing"] for s in summaries] == [False, True]
+    assert [h["loss"] for h in summaries[0]["log_history"]] == pytest.approx(
+        [h["loss"] for h in summaries[1]["log_history"]], abs=1e-6)
+    _assert_same_weights(student_dir(tiny_brd, "xglm_false"), student_dir(tiny_brd, "xglm_true"), atol=1e-6)
