@@ -318,7 +318,7 @@ def test_the_reading_equals_lm_evaluation_harness():
     """lm-eval's own HFLM.loglikelihood (the bench extra) on the same requests: the tokenizer's start token and the
     left truncation agree with ours to float precision. (An empty context differs on purpose: lm-eval conditions it on
     BOS, ours on the start tokens training puts there; see brdlib.scoring's docstring.)"""
-    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is the 'bench' extra")
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness (extra dev) is not installed")
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
