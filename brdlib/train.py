@@ -90,8 +90,12 @@ class TrainError(ValueError):
 # Paths --------------------------------------------------------------------------------------------------
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][\w.\-]*")
+"""A student's name: a plain directory name (letters, digits, _ . -)."""
+
+
 def _check_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", name):
+    if not _NAME_RE.fullmatch(name):
         raise TrainError(f"student name {name!r} is not a plain directory name (letters, digits, _ . -)")
     return name
 
@@ -108,7 +112,7 @@ def checkpoints_dir(cfg: Config, name: str) -> Path:
 
 def is_trained(cfg: Config, name: str) -> bool:
     """Whether a finished student of this name exists (never for a name no student can have, e.g. a hub id)."""
-    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", name):
+    if not _NAME_RE.fullmatch(name):
         return False
     return (student_dir(cfg, name) / SUMMARY_FILE).is_file()
 
