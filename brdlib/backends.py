@@ -9,9 +9,11 @@
   fed as a stream through ``LLMEngine.add_request``/``step``: each completion comes back as it finishes.
 
 Greedy by default. transformers gives the same text for the same prompt, whatever the batch (tested against
-a plain per-prompt ``generate``). llama.cpp is not bit-repeatable: which requests share a decoding batch,
-and which cached prefix a slot reuses, vary from run to run, and we measured 13-14 of 16 responses
-identical between two runs; resumed runs on it lose and duplicate nothing but may word a redone batch anew.
+a plain per-prompt ``generate``). llama.cpp gives the same texts for the same batches in every run: a batch
+goes to its server as one request, so its prompts are queued together and share decoding steps and slots
+the same way each time (submitted from one thread per prompt, arrival order varied them: 43 of 48
+responses equal between two runs); a resumed run forms the same batches (``brdlib.teacher``), so its texts
+equal an uninterrupted run's.
 
     from brdlib.backends import DecodingParams, make_backend
     backend = make_backend(cfg)                       # cfg.teacher.backend, 'auto' resolved
@@ -327,8 +329,8 @@ def llamacpp_request(prompt: str, params: DecodingParams) -> dict[str, Any]:
 class LlamaCppBackend(Backend):
     """llama.cpp through ``xllamacpp``'s in-process server: ``batch_size`` slots decoded together.
 
-    Requests are submitted from ``batch_size`` threads (the server releases the GIL), so the
-    server's continuous batching keeps every slot busy; each slot keeps its last prompt's KV cache,
+    A batch is one request holding every prompt, so the server's continuous batching keeps every slot
+    busy and forms the same decoding batches in every run; each slot keeps its last prompt's KV cache,
     so the shared few-shot prefix is evaluated once per slot, not once per request.
     """
 
@@ -368,20 +370,21 @@ class LlamaCppBackend(Backend):
     def generate(
         self, prompts: Sequence[str], params: DecodingParams, shared_prefix: str | None = None
     ) -> list[Generation]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        requests = [llamacpp_request(p, params) for p in prompts]
-        with ThreadPoolExecutor(max_workers=self.batch_size) as pool:
-            results = list(pool.map(self._server.handle_completions, requests))
-        return [self._to_generation(r, params) for r in results]
+        """One request with every prompt (``"prompt": [...]``): the server queues them together, so which
+        prompts share a decoding batch, and which slot (cached prefix) each gets, is the same in every run."""
+        if not prompts:
+            return []
+        request = llamacpp_request(prompts[0], params)
+        request.update(prompt=list(prompts), logprobs=1)  # logprobs: the per-completion token count
+        result = self._server.handle_completions(request)
+        if not isinstance(result, dict) or len(result.get("choices") or ()) != len(prompts):
+            raise RuntimeError(f"llama.cpp returned an error instead of {len(prompts)} completions: {result!r}"[:500])
+        return [self._to_generation(c, params) for c in sorted(result["choices"], key=lambda c: int(c["index"]))]
 
     @staticmethod
-    def _to_generation(result: Any, params: DecodingParams) -> Generation:
-        if not isinstance(result, dict) or "choices" not in result:
-            raise RuntimeError(f"llama.cpp returned an error instead of a completion: {result!r}"[:500])
-        choice = result["choices"][0]
+    def _to_generation(choice: dict[str, Any], params: DecodingParams) -> Generation:
         text, _ = cut_at_stop(choice.get("text") or "", params.stop)
-        n = int(result.get("usage", {}).get("completion_tokens", 0))
+        n = len((choice.get("logprobs") or {}).get("content") or ())
         return Generation(text, n, "length" if choice.get("finish_reason") == "length" else "stop")
 
     def close(self) -> None:

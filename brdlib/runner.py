@@ -3,7 +3,8 @@
     python -m brdlib.runner smoke train.max_steps=10
     python -m brdlib.runner tiny --only 00_setup
 
-Executed copies go to ``runs/<profile>/``. The run stops at the first failing notebook, naming it and
+Executed copies go to ``runs/<profile>/``; ``runs/<profile>/run_summary.json`` keeps each notebook's time and
+peak resident memory (the kernel and its children). The run stops at the first failing notebook, naming it and
 the failing cell's error, and ends with each notebook's time and where the tables and figures are.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from brdlib.config import REPO_ROOT, ConfigError, load_config
 
@@ -31,6 +34,59 @@ class NotebookResult:
     ok: bool
     output: str
     error: str = ""
+    peak_rss_gb: float | None = None  # resident memory of this process and its children (the kernel), at peak
+
+
+class PeakMemory:
+    """The peak resident memory of this process and every descendant (papermill's kernel and what it starts) while
+    in the ``with`` block: their summed RSS sampled every ``interval`` seconds, and each one's own kernel-kept
+    peak (Linux ``VmHWM``), so a spike shorter than the interval in one process is not missed."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.peak_bytes = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_gb(self) -> float:
+        return round(self.peak_bytes / 1e9, 2)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while True:
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    rss = proc.memory_info().rss
+                except psutil.Error:
+                    continue
+                total += rss
+                self.peak_bytes = max(self.peak_bytes, rss, _hwm_bytes(proc.pid))
+            self.peak_bytes = max(self.peak_bytes, total)
+            if self._stop.wait(self.interval):
+                return
+
+
+def _hwm_bytes(pid: int) -> int:
+    """A process's peak resident memory as Linux keeps it (``VmHWM``); 0 where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def stage_notebooks(stages_file: Path | None = None) -> list[Path]:
@@ -64,6 +120,13 @@ def execute(
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / notebook.name
     start = time.perf_counter()
+    with PeakMemory() as memory:
+        error = _execute(pm, notebook, output, profile, overrides, log_output)
+    return NotebookResult(notebook.name, time.perf_counter() - start, not error, str(output), error, memory.peak_gb)
+
+
+def _execute(pm: Any, notebook: Path, output: Path, profile: str, overrides: list[str], log_output: bool) -> str:
+    """papermill's execution of one notebook: '' when it ran, else the failing cell and its error."""
     try:
         pm.execute_notebook(
             str(notebook),
@@ -75,9 +138,8 @@ def execute(
             log_output=log_output,
         )
     except pm.PapermillExecutionError as err:
-        return NotebookResult(notebook.name, time.perf_counter() - start, False, str(output),
-                              f"{_failing_cell(output)}: {err.ename}: {err.evalue}")
-    return NotebookResult(notebook.name, time.perf_counter() - start, True, str(output))
+        return f"{_failing_cell(output)}: {err.ename}: {err.evalue}"
+    return ""
 
 
 def _failing_cell(executed: Path) -> str:
@@ -142,18 +204,22 @@ def write_summary(runs_dir: Path, profile: str, overrides: list[str], results: l
     latest = {**earlier, **{r.notebook: {**asdict(r), "finished": finished} for r in results}}
     order = {nb.name: i for i, nb in enumerate(stage_notebooks())}
     notebooks = sorted(latest.values(), key=lambda n: order.get(n["notebook"], len(order)))
+    peaks = [n["peak_rss_gb"] for n in notebooks if n.get("peak_rss_gb") is not None]
     summary = {"profile": profile, "overrides": overrides, "notebooks": notebooks,
-               "total_seconds": round(sum(n["seconds"] for n in notebooks), 1)}
+               "total_seconds": round(sum(n["seconds"] for n in notebooks), 1),
+               "peak_rss_gb": max(peaks) if peaks else None}
     runs_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def _print_summary(results: list[NotebookResult], files: list[Path], figures_dir: Path) -> None:
-    print("\nbrd: notebook                          time      status")
+    print("\nbrd: notebook                          time   peak RSS  status")
     for r in results:
-        print(f"brd: {r.notebook:35s} {r.seconds:7.1f}s  {'ok' if r.ok else 'FAILED'}")
-    print(f"brd: {'total':35s} {sum(r.seconds for r in results):7.1f}s")
+        peak = f"{r.peak_rss_gb:6.2f} GB" if r.peak_rss_gb is not None else " " * 9
+        print(f"brd: {r.notebook:35s} {r.seconds:7.1f}s {peak}  {'ok' if r.ok else 'FAILED'}")
+    peaks = [r.peak_rss_gb for r in results if r.peak_rss_gb is not None]
+    print(f"brd: {'total':35s} {sum(r.seconds for r in results):7.1f}s {max(peaks) if peaks else 0:6.2f} GB")
     failed = [r for r in results if not r.ok]
     if failed:
         r = failed[0]
