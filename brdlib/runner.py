@@ -173,6 +173,9 @@ def run(profile: str, overrides: Sequence[str] = (), only: Sequence[str] | None 
     print(f"brd: {len(notebooks)} notebook(s) on profile {cfg.profile!r} -> {cfg.runs_dir}")
     print(f"brd: {cfg.caption()}")
     started = time.time()
+    prepared = prepare_models(cfg)
+    if prepared is not None:
+        write_summary(cfg.runs_dir, cfg.profile, list(overrides), [], prepared)
     results: list[NotebookResult] = []
     for nb in notebooks:
         print(f"brd: running {nb.name} ...", flush=True)
@@ -186,20 +189,46 @@ def run(profile: str, overrides: Sequence[str] = (), only: Sequence[str] | None 
     return results
 
 
-def write_summary(runs_dir: Path, profile: str, overrides: list[str], results: list[NotebookResult]) -> dict:
+def prepare_models(cfg: Any) -> dict | None:
+    """Convert the profile's embedded models once (``brd-models prepare``), before any notebook, in a child process
+    whose time and peak memory are measured: a first-run install, kept apart from the notebooks' figures. None when
+    the profile uses no embedded model."""
+    import subprocess
+
+    from brdlib.models import embedded_name
+
+    names = sorted({n for spec in cfg.models.roles().values() if (n := embedded_name(spec))})
+    if not names:
+        return None
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        done = subprocess.run([sys.executable, "-m", "brdlib.embedded", "prepare", *names], check=False)
+    if done.returncode:
+        raise RuntimeError(f"preparing the embedded models {', '.join(names)} failed (exit {done.returncode}); "
+                           f"its error is above; rerun: brd-models prepare {' '.join(names)}")
+    seconds = time.perf_counter() - start
+    print(f"brd: models {', '.join(names)} ready in {seconds:.1f}s (peak {memory.peak_gb:.2f} GB)", flush=True)
+    return {"models": names, "seconds": round(seconds, 1), "peak_rss_gb": memory.peak_gb}
+
+
+def write_summary(runs_dir: Path, profile: str, overrides: list[str], results: list[NotebookResult],
+                  prepared: dict | None = None) -> dict:
     """Write ``runs/<profile>/run_summary.json``: each stage's latest result, in stage order, and their total.
 
     A partial run (``--only``) with the same profile and overrides updates its notebooks and keeps the others'
-    earlier results, so the file always describes the whole study; other overrides start a new summary."""
+    earlier results, so the file always describes the whole study; other overrides start a new summary.
+    ``prepared``: the model preparation before the notebooks (:func:`prepare_models`), kept out of the totals."""
     path = runs_dir / "run_summary.json"
     earlier: dict[str, dict] = {}
+    old: dict = {}
     if path.is_file():
         try:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = {}
-        if old.get("profile") == profile and old.get("overrides") == overrides:
-            earlier = {n["notebook"]: n for n in old.get("notebooks", [])}
+        if old.get("profile") != profile or old.get("overrides") != overrides:
+            old = {}
+        earlier = {n["notebook"]: n for n in old.get("notebooks", [])}
     finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     latest = {**earlier, **{r.notebook: {**asdict(r), "finished": finished} for r in results}}
     order = {nb.name: i for i, nb in enumerate(stage_notebooks())}
@@ -207,7 +236,8 @@ def write_summary(runs_dir: Path, profile: str, overrides: list[str], results: l
     peaks = [n["peak_rss_gb"] for n in notebooks if n.get("peak_rss_gb") is not None]
     summary = {"profile": profile, "overrides": overrides, "notebooks": notebooks,
                "total_seconds": round(sum(n["seconds"] for n in notebooks), 1),
-               "peak_rss_gb": max(peaks) if peaks else None}
+               "peak_rss_gb": max(peaks) if peaks else None,
+               "prepare_models": prepared or old.get("prepare_models")}
     runs_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2))
     return summary

