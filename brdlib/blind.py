@@ -218,11 +218,13 @@ def kd_brd_student_name(kd_role: str) -> str:
 
 
 def kd_brd_config(cfg: Config) -> Config:
-    """The profile with ``train.batch_size``/``train.max_length`` replaced by ``kd.brd_batch_size``/
-    ``kd.brd_max_length`` where set (the KD students are ~4x the student's size; smoke trains them smaller)."""
+    """The profile with ``train.batch_size``/``max_length``/``optim`` replaced by ``kd.brd_batch_size``/
+    ``brd_max_length``/``brd_optim`` where set (the KD students are ~4x the student's size; smoke trains them smaller,
+    with Adafactor, so that weights, gradients and optimizer state fit 8 GB)."""
     k = cfg.kd
     return cfg.with_train({key: value for key, value in (("batch_size", k.brd_batch_size),
-                                                         ("max_length", k.brd_max_length)) if value is not None})
+                                                         ("max_length", k.brd_max_length),
+                                                         ("optim", k.brd_optim)) if value is not None})
 
 
 def train_kd_brd_students(cfg: Config, kd_refs: Mapping[str, str], progress: bool = True) -> dict[str, str]:

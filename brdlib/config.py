@@ -284,6 +284,8 @@ class TrainConfig(_Strict):
         default="linear", description="not stated in the paper; linear decay is the Trainer's default"
     )
     weight_decay: float = Field(default=0.0, ge=0)
+    optim: str = Field(default="adamw_torch", description="the Trainer's optimizer (TrainingArguments.optim); the "
+                       "paper does not name it: AdamW, the Trainer's default")
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     gradient_checkpointing: bool = False
     loss: Literal["auto", "standard", "chunked"] = Field(
@@ -393,6 +395,14 @@ class KDConfig(_Strict):
     brd_max_length: int | None = Field(default=None, gt=0, description="'+BRD' block length; None: train.max_length")
     teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="dtype of the frozen teacher; auto: the profile's (float32 on CPU)"
+    )
+    brd_optim: str | None = Field(default=None, description="'+BRD' optimizer (TrainingArguments.optim); "
+                                   "None: train.optim")
+    teacher_logits: Literal["online", "precomputed"] = Field(
+        default="online",
+        description="online: the teacher runs beside the student at every step (both in memory); precomputed: the "
+        "teacher reads the blocks the students train on once and is freed before they load, its logits kept "
+        "(blocks x length x vocabulary x 2 bytes: small runs only) so the peak holds one model, not both",
     )
     optim: str = Field(
         default="adamw_torch",

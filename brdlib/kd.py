@@ -41,7 +41,6 @@ inputs makes a later call reuse it, or retrain it when the inputs changed.
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import logging
@@ -68,7 +67,7 @@ KD_KINDS: dict[str, str] = {
 }
 """The KD baselines of the blind test (§4), by the name their students and table rows take."""
 
-KD_FORMAT_VERSION = 1
+KD_FORMAT_VERSION = 2  # 2: trains on a seeded sample of kd.max_steps x kd.batch_size blocks (kd_blocks)
 """Bump when KD training changes in a way that makes earlier KD students stale."""
 
 
@@ -250,6 +249,63 @@ def load_teacher(cfg: Config, plan: KDPlan) -> LoadedModel:
 # Training ------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class TeacherLogits:
+    """The frozen teacher's logits on every block a KD student trains on (``kd.teacher_logits: precomputed``),
+    ``[blocks, length, shared vocabulary]`` in the teacher's dtype, row ``i`` for the block whose ``index`` is i."""
+
+    logits: torch.Tensor
+    n_params: int
+    dtype: str
+
+
+def kd_blocks(cfg: Config, plan: KDPlan) -> tuple[Any, Any]:
+    """The packed blocks a KD student trains on and the packing summary: a seeded sample of ``kd.max_steps x
+    kd.batch_size`` blocks of D_ORI (all of them, shuffled, when there are fewer: the Trainer then runs epochs), each
+    with its ``index`` (its row in :class:`TeacherLogits`). Both KD kinds train on the same blocks."""
+    import datasets
+
+    from brdlib.train import distributed_state, packed_blocks
+
+    k = cfg.kd
+    data_id = "kd-texts:" + hashlib.sha256("\x00".join(plan.texts).encode()).hexdigest()[:16]
+    with distributed_state(cfg).main_process_first():
+        blocks, packing, _ = packed_blocks(cfg, data_id, lambda: datasets.Dataset.from_dict({"text": plan.texts}),
+                                           plan.tokenizer, k.max_length, cfg.train.pack_batch_passages)
+    n = min(len(blocks), k.max_steps * k.batch_size)
+    sample = blocks.shuffle(seed=cfg.seed).select(range(n))
+    return sample.add_column("index", list(range(n))), packing
+
+
+def precompute_teacher_logits(cfg: Config, plan: KDPlan, blocks: Any, progress: bool = True) -> TeacherLogits:
+    """Load the teacher, run it once over ``blocks`` (one block per forward, as the online teacher reads them, so the
+    logits are the same bits), and free it before any student loads: the peak holds the teacher or the student."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from brdlib.models import free_memory
+
+    teacher = load_teacher(cfg, plan)
+    check_max_length_of(cfg, teacher, plan.teacher_spec)
+    rows = []
+    with torch.inference_mode():
+        for i in tqdm(range(len(blocks)), desc="teacher logits", unit="block", disable=not progress):
+            ids = torch.tensor([blocks[i]["input_ids"]], device=teacher.model.device)
+            mask = torch.tensor([blocks[i]["attention_mask"]], device=teacher.model.device)
+            rows.append(teacher.model(input_ids=ids, attention_mask=mask).logits[0, :, : plan.vocab_size].cpu())
+    out = TeacherLogits(torch.stack(rows), teacher.n_params, teacher.dtype)
+    del teacher, rows
+    free_memory()
+    return out
+
+
+def check_max_length_of(cfg: Config, loaded: LoadedModel, spec: str) -> None:
+    """``kd.max_length`` within the model's positions (brdlib.train.check_max_length)."""
+    from brdlib.train import check_max_length
+
+    check_max_length(cfg.kd.max_length, "kd.max_length", loaded.model.config, spec)
+
+
 def _make_kd_trainer_class() -> type:
     import torch
 
@@ -259,6 +315,7 @@ def _make_kd_trainer_class() -> type:
         """brdlib.train's Trainer (tokens/s logging) with the KD loss against a frozen teacher."""
 
         kd_teacher: torch.nn.Module | None = None
+        kd_logits: torch.Tensor | None = None  # precomputed: row i is the teacher on the block of index i
         kd_kind: str = "skd"
         kd_temperature: float = 1.0
         kd_vocab: int = 0
@@ -267,8 +324,11 @@ def _make_kd_trainer_class() -> type:
                          num_items_in_batch: torch.Tensor | int | None = None) -> Any:
             ids, attention = inputs["input_ids"], inputs["attention_mask"]
             outputs = model(input_ids=ids, attention_mask=attention)
-            with torch.no_grad():
-                teacher_logits = self.kd_teacher(input_ids=ids, attention_mask=attention).logits
+            if self.kd_logits is not None:
+                teacher_logits = self.kd_logits[inputs["index"].cpu()].to(ids.device)
+            else:
+                with torch.no_grad():
+                    teacher_logits = self.kd_teacher(input_ids=ids, attention_mask=attention).logits
             v = self.kd_vocab
             for who, logits in (("student", outputs.logits), ("teacher", teacher_logits)):
                 if logits.shape[-1] < v:
@@ -289,12 +349,13 @@ def train_kd_student(
     force: bool = False,
     progress: bool = True,
     teacher: LoadedModel | None = None,
+    teacher_logits: TeacherLogits | None = None,
 ) -> Path:
     """Distil ``kd.teacher`` into ``kd.student`` with the ``kind`` loss (:data:`KD_KINDS`); save ``students/<name>``.
 
     ``name`` defaults to ``kind``. A finished student of the same inputs is returned at once (``force`` retrains);
-    an unfinished one resumes from its last complete checkpoint. ``teacher``: an already loaded teacher to reuse
-    (:func:`ensure_kd_students` loads it once for both kinds).
+    an unfinished one resumes from its last complete checkpoint. ``teacher`` (``kd.teacher_logits: online``) or
+    ``teacher_logits`` (``precomputed``): what :func:`ensure_kd_students` made once for both kinds.
     """
     from transformers import TrainingArguments, default_data_collator
 
@@ -308,7 +369,6 @@ def train_kd_student(
         checkpoints_dir,
         distributed_state,
         last_complete_checkpoint,
-        packed_blocks,
         per_device_batch,
         student_dir,
     )
@@ -335,19 +395,18 @@ def train_kd_student(
     resume = last_complete_checkpoint(ckpt)
 
     device, dtype = cfg.resolved_device(), cfg.resolved_dtype()
-    if teacher is None:
-        teacher = load_teacher(cfg, plan)
+    blocks, packing = kd_blocks(cfg, plan)
+    if k.teacher_logits == "precomputed":  # the teacher comes and goes before the student loads
+        teacher_logits = teacher_logits or precompute_teacher_logits(cfg, plan, blocks, progress)
+        teacher_n_params, teacher_dtype = teacher_logits.n_params, teacher_logits.dtype
+    else:
+        teacher = teacher or load_teacher(cfg, plan)
+        check_max_length_of(cfg, teacher, plan.teacher_spec)
+        teacher_n_params, teacher_dtype = teacher.n_params, teacher.dtype
     loaded = load_model(plan.student_spec, device="cpu", dtype="float32")  # fp32 master weights; autocast below
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config.use_cache = False
     check_max_length(k.max_length, "kd.max_length", model.config, plan.student_spec)
-    check_max_length(k.max_length, "kd.max_length", teacher.model.config, plan.teacher_spec)
-    import datasets
-
-    data_id = "kd-texts:" + hashlib.sha256("\x00".join(plan.texts).encode()).hexdigest()[:16]
-    with state.main_process_first():
-        blocks, packing, _ = packed_blocks(cfg, data_id, lambda: datasets.Dataset.from_dict({"text": plan.texts}),
-                                           tokenizer, k.max_length, cfg.train.pack_batch_passages)
     per_device = per_device_batch(k.batch_size, state.num_processes, 1)
     args = TrainingArguments(
         output_dir=str(ckpt), max_steps=k.max_steps, per_device_train_batch_size=per_device,
@@ -366,7 +425,10 @@ def train_kd_student(
         processing_class=tokenizer,
     )
     trainer.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer average accumulation
-    trainer.kd_teacher = teacher.model.to(args.device)
+    if teacher_logits is not None:
+        trainer.kd_logits = teacher_logits.logits
+    else:
+        trainer.kd_teacher = teacher.model.to(args.device)
     trainer.kd_kind, trainer.kd_temperature, trainer.kd_vocab = kind, k.temperature, plan.vocab_size
     log.info("KD %s: %s -> %s, %d steps, %d blocks of %d, resume=%s", kind, plan.teacher_spec, plan.student_spec,
              k.max_steps, packing.blocks, k.max_length, resume)
@@ -382,7 +444,8 @@ def train_kd_student(
             "name": name, "kind": kind, "kind_description": KD_KINDS[kind], "variant": "ori (KD)",
             "init": plan.student_spec, "teacher": plan.teacher_spec, "fingerprint": plan.fingerprint,
             "profile": cfg.profile, "student_spec": loaded.spec, "n_params": loaded.n_params,
-            "teacher_n_params": teacher.n_params, "teacher_dtype": teacher.dtype, "vocab_size": plan.vocab_size,
+            "teacher_n_params": teacher_n_params, "teacher_dtype": teacher_dtype, "vocab_size": plan.vocab_size,
+            "teacher_logits": k.teacher_logits, "blocks_trained_on": len(blocks),
             "temperature": k.temperature, "steps": trainer.state.global_step, "max_steps": k.max_steps,
             "global_batch": k.batch_size, "per_device_batch": per_device, "world_size": state.num_processes,
             "gradient_accumulation_steps": 1, "max_length": k.max_length, "learning_rate": k.learning_rate,
@@ -419,16 +482,22 @@ def ensure_kd_students(cfg: Config, *, progress: bool = True) -> dict[str, str]:
     """
     if cfg.kd.released:
         return {kind: cfg.kd.released[kind] for kind in KD_KINDS}
+    from brdlib.models import free_memory
+
     teacher: LoadedModel | None = None
+    logits: TeacherLogits | None = None
     refs: dict[str, str] = {}
     for kind in KD_KINDS:
         plan = plan_kd_student(cfg, kind)
         if not is_current(cfg, plan):
-            teacher = teacher or load_teacher(cfg, plan)
-            train_kd_student(cfg, kind, progress=progress, teacher=teacher)
+            if cfg.kd.teacher_logits == "precomputed":
+                logits = logits or precompute_teacher_logits(cfg, plan, kd_blocks(cfg, plan)[0], progress)
+            else:
+                teacher = teacher or load_teacher(cfg, plan)
+            train_kd_student(cfg, kind, progress=progress, teacher=teacher, teacher_logits=logits)
         refs[kind] = plan.name
-    del teacher
-    gc.collect()  # the teacher's memory, before the notebook loads the next model
+    del teacher, logits
+    free_memory()  # the teacher's memory, before the notebook loads the next model
     return refs
 
 

@@ -28,6 +28,39 @@ FIGURE_CLAIM_COLUMNS: tuple[str, ...] = ("figure", "section", "quantity", "value
 """Columns of ``paper_reference/figure_claims.csv`` (the few numbers the text gives about Figures 2 and 3)."""
 
 
+MEASURED_COLUMNS: frozenset[str] = frozenset({"seconds", "sentences/s", "tokens/s", "MFU", "load_s", "generate_s"})
+"""Columns that time the machine, not the method (model loading, teacher and training speed): they differ between
+two runs of the same study, so :func:`compare_tables` leaves them out and names them."""
+
+
+def compare_tables(first: Path, second: Path, measured: frozenset[str] = MEASURED_COLUMNS) -> list[str]:
+    """Every difference between the CSV tables of two runs' ``figures/<profile>`` folders, one line each (empty when
+    they are identical): a table only one run has, other columns, or a cell that differs (the first few per table).
+    Columns in ``measured`` are compared by presence only."""
+    import pandas as pd
+
+    diffs: list[str] = []
+    names_a = {p.name for p in Path(first).glob("*.csv")}
+    names_b = {p.name for p in Path(second).glob("*.csv")}
+    diffs += [f"{name}: only in {first}" for name in sorted(names_a - names_b)]
+    diffs += [f"{name}: only in {second}" for name in sorted(names_b - names_a)]
+    for name in sorted(names_a & names_b):
+        a = pd.read_csv(Path(first) / name, dtype=str, keep_default_na=False)
+        b = pd.read_csv(Path(second) / name, dtype=str, keep_default_na=False)
+        if list(a.columns) != list(b.columns) or a.shape != b.shape:
+            diffs.append(f"{name}: columns or shape differ "
+                         f"({list(a.columns)} {a.shape} vs {list(b.columns)} {b.shape})")
+            continue
+        kept = [c for c in a.columns if c not in measured]
+        unequal = a[kept].ne(b[kept])
+        cells = [(r, c) for r, c in zip(*unequal.to_numpy().nonzero(), strict=True)]
+        diffs += [f"{name}: row {r} column {kept[c]!r}: {a[kept[c]].iloc[r]!r} vs {b[kept[c]].iloc[r]!r}"
+                  for r, c in cells[:5]]
+        if len(cells) > 5:
+            diffs.append(f"{name}: {len(cells) - 5} more cells differ")
+    return diffs
+
+
 def set_style() -> None:
     """The study's one figure style."""
     import seaborn as sns
@@ -289,3 +322,27 @@ def side_by_side_figure(ours: pd.DataFrame, paper: pd.DataFrame, profile: str, *
     if title:
         grid.figure.suptitle(title, y=1.02)
     return grid.figure
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m brdlib.report compare FIGURES_A FIGURES_B``: do two runs give the same tables?"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m brdlib.report", description=main.__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    cmp = sub.add_parser("compare", help="every difference between the CSV tables of two figures/<profile> folders")
+    cmp.add_argument("first", type=Path)
+    cmp.add_argument("second", type=Path)
+    args = parser.parse_args(argv)
+    for folder in (args.first, args.second):
+        if not folder.is_dir():
+            parser.error(f"{folder} is not a folder (give two figures/<profile> folders)")
+    diffs = compare_tables(args.first, args.second)
+    print("\n".join(diffs) if diffs else
+          f"identical: {len(list(args.first.glob('*.csv')))} tables (measured columns left out: "
+          f"{', '.join(sorted(MEASURED_COLUMNS))})")
+    return 1 if diffs else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -555,6 +555,8 @@ def training_fingerprint(cfg: Config, variant_fingerprint: str, init_id: str, ma
         "lr": t.learning_rate, "batch": t.batch_size, "len": t.max_length, "warmup": t.warmup_steps,
         "sched": t.lr_scheduler, "wd": t.weight_decay, "group": t.pack_batch_passages, "seed": cfg.seed,
     }
+    if t.optim != "adamw_torch":  # the default leaves earlier students' fingerprints as they were
+        spec["optim"] = t.optim
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -768,6 +770,7 @@ def train_student(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
+        optim=t.optim,
         warmup_steps=t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler,
         save_strategy="steps",
@@ -817,7 +820,7 @@ def train_student(
             "n_params": loaded.n_params, "steps": trainer.state.global_step, "max_steps": steps,
             "global_batch": t.batch_size, "per_device_batch": per_device, "world_size": state.num_processes,
             "gradient_accumulation_steps": t.gradient_accumulation_steps, "max_length": t.max_length,
-            "learning_rate": t.learning_rate, "packing": packing.as_dict(),
+            "learning_rate": t.learning_rate, "optim": t.optim, "packing": packing.as_dict(),
             "epochs": round(trainer.state.epoch or 0.0, 3), "loss_mode": "chunked" if chunked else "standard",
             "device": device, "mixed_precision": mixed, "gradient_checkpointing": t.gradient_checkpointing,
             "distributed_type": str(state.distributed_type.value),

@@ -255,3 +255,37 @@ def test_smoke_kd_models_share_a_vocabulary():
             pytest.skip(f"embedded model {roles[role]} is not converted (brd-models prepare {roles[role]})")
     teacher, student = (roles[cfg.kd.teacher], roles[cfg.kd.student])
     assert shared_vocabulary_size(load_tokenizer(teacher), load_tokenizer(student), teacher, student) == 151_936
+
+
+def test_precomputed_teacher_logits_train_the_same_students_as_the_online_teacher(tmp_path, monkeypatch):
+    """kd.teacher_logits=precomputed (smoke: the 1.5B teacher and the 0.5B student never share memory) reads the same
+    teacher logits on the same blocks as the online teacher, so both give the same students; the teacher is read once
+    for both kinds, one forward per block."""
+    import brdlib.kd as kd_mod
+
+    online = tiny_cfg(tmp_path / "online", "kd.batch_size=1")
+    pre = tiny_cfg(tmp_path / "pre", "kd.batch_size=1", "kd.teacher_logits=precomputed")
+    calls = []
+    real = kd_mod.precompute_teacher_logits
+    monkeypatch.setattr(kd_mod, "precompute_teacher_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert ensure_kd_students(pre, progress=False) == ensure_kd_students(online, progress=False)
+    assert calls == [1]
+    blocks, _ = kd_mod.kd_blocks(pre, plan_kd_student(pre, "skd"))
+    assert len(blocks) == pre.kd.max_steps and sorted(blocks["index"]) == list(range(len(blocks)))
+    for kind in KD_KINDS:
+        a, b = load_model(str(student_dir(online, kind))).model, load_model(str(student_dir(pre, kind))).model
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+        assert load_summary(pre, kind)["teacher_logits"] == "precomputed"
+        assert load_summary(pre, kind)["final_loss"] == load_summary(online, kind)["final_loss"]
+
+
+def test_plus_brd_trains_with_kd_brd_optim(tmp_path):
+    """'+BRD' of the 0.5B KD students: smoke names Adafactor (AdamW's moments would add 5 GB); the summary says so."""
+    from brdlib.blind import kd_brd_config, train_kd_brd_students
+
+    assert kd_brd_config(load_config("smoke")).train.optim == "adafactor"
+    cfg = tiny_cfg(tmp_path, "kd.brd_optim=adafactor")
+    assert kd_brd_config(tiny_cfg(tmp_path)).train.optim == "adamw_torch"
+    refs = ensure_kd_students(cfg, progress=False)
+    names = train_kd_brd_students(cfg, {"skd": refs["skd"]}, progress=False)
+    assert load_summary(cfg, names["skd_brd"])["optim"] == "adafactor"
