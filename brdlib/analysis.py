@@ -302,7 +302,7 @@ def cross_entropy_texts(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tea
     import pandas as pd
 
     from brdlib.evaluate import _scoring_dtype, resolve_model
-    from brdlib.models import load_model
+    from brdlib.models import free_memory, load_model
 
     by_task = cross_entropy_examples(cfg, tasks)
     kind = cfg.analysis.cross_entropy_text
@@ -326,6 +326,7 @@ def cross_entropy_texts(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tea
             frame[f"n_tokens_{column}"] = [p.n_tokens for p in probs]
             frame.attrs.setdefault("models", {})[column] = _model_label(loaded)
             del loaded
+            free_memory()
     finally:
         cache.close()
     frame.attrs.update(average=average, text=kind, special_tokens=cfg.eval.special_tokens)
@@ -590,7 +591,7 @@ def probe_models(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tasks: Seq
     from tqdm.auto import tqdm
 
     from brdlib.evaluate import _scoring_dtype, resolve_model
-    from brdlib.models import load_model
+    from brdlib.models import free_memory, load_model
 
     data = probing_data(cfg, tasks)
     rows = []
@@ -613,6 +614,7 @@ def probe_models(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tasks: Seq
                              "n_train": len(splits["train"]), "n_tune": len(splits["tune"]),
                              "n_test": len(splits["test"]), "majority": 100 * majority})
         del loaded
+        free_memory()
     return pd.DataFrame(rows)
 
 

@@ -439,15 +439,11 @@ def vllm_sampling_kwargs(params: DecodingParams) -> dict[str, Any]:
 
 
 def free_accelerator_memory() -> None:
-    """Collect garbage and hand torch's cached CUDA blocks back to the driver, so a vLLM engine started next
-    finds the memory that earlier torch models (scoring, training) left cached."""
-    import gc
-    import sys
+    """:func:`brdlib.models.free_memory`, so a vLLM engine started next finds the memory that earlier torch models
+    (scoring, training) left cached."""
+    from brdlib.models import free_memory
 
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_memory()
 
 
 class VllmEngine:

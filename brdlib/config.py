@@ -544,7 +544,14 @@ class Config(_Strict):
         return "cpu"
 
     def resolved_dtype(self) -> str:
-        """'auto' picks bfloat16 on a GPU that supports it, else float32."""
+        """'auto' picks bfloat16 on a GPU that supports it, else float32. bfloat16 on a CPU (smoke) is for one that
+        computes it natively (AVX512-BF16 or AMX): elsewhere it is emulated, slower than float32, and a warning
+        says so."""
+        if self.dtype == "bfloat16" and self.resolved_device() == "cpu" and not cpu_has_native_bf16():
+            import warnings
+
+            warnings.warn("dtype=bfloat16 on a CPU without AVX512-BF16/AMX runs emulated, slower than float32: "
+                          "set dtype=float32", stacklevel=2)
         if self.dtype != "auto":
             return self.dtype
         if self.resolved_device() == "cuda":
@@ -567,8 +574,18 @@ class Config(_Strict):
             f"corpus={self.data.corpus} n_sentences={self.data.n_sentences}; "
             f"examples/task={self.data.max_examples_per_task or 'all'}; train steps={self.train.max_steps}; "
             f"text read with special_tokens={self.eval.special_tokens}, left-truncated to {bound}, "
-            f"ties={self.eval.tie_break}"
+            f"ties={self.eval.tie_break}; dtype={self.dtype}"
         )
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 # Loading ------------------------------------------------------------------------------------------

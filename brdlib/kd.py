@@ -210,6 +210,8 @@ def kd_fingerprint(cfg: Config, kind: str, teacher_id: str, student_id: str, tex
         "T": k.temperature, "teacher_dtype": _teacher_dtype(cfg), "optim": k.optim, "warmup": t.warmup_steps,
         "sched": t.lr_scheduler, "wd": t.weight_decay, "group": t.pack_batch_passages, "seed": cfg.seed,
     }
+    if cfg.resolved_dtype() != "float32":
+        spec["mixed"] = cfg.resolved_dtype()
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -414,7 +416,7 @@ def train_kd_student(
         warmup_steps=cfg.train.warmup_steps,
         lr_scheduler_type=cfg.train.lr_scheduler, save_strategy="steps", save_steps=cfg.train.save_steps,
         save_total_limit=cfg.train.save_total_limit, logging_strategy="steps", logging_steps=cfg.train.logging_steps,
-        logging_first_step=True, bf16=device == "cuda" and dtype == "bfloat16",
+        logging_first_step=True, bf16=dtype == "bfloat16",
         fp16=device == "cuda" and dtype == "float16", use_cpu=device == "cpu", seed=cfg.seed, data_seed=cfg.seed,
         include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=not progress,
         dataloader_num_workers=0, ddp_find_unused_parameters=False, ddp_timeout=cfg.train.ddp_timeout,

@@ -555,8 +555,10 @@ def training_fingerprint(cfg: Config, variant_fingerprint: str, init_id: str, ma
         "lr": t.learning_rate, "batch": t.batch_size, "len": t.max_length, "warmup": t.warmup_steps,
         "sched": t.lr_scheduler, "wd": t.weight_decay, "group": t.pack_batch_passages, "seed": cfg.seed,
     }
-    if t.optim != "adamw_torch":  # the default leaves earlier students' fingerprints as they were
+    if t.optim != "adamw_torch":  # the defaults leave earlier students' fingerprints as they were
         spec["optim"] = t.optim
+    if cfg.resolved_dtype() != "float32":
+        spec["mixed"] = cfg.resolved_dtype()
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -779,7 +781,7 @@ def train_student(
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        bf16=device == "cuda" and dtype == "bfloat16",
+        bf16=dtype == "bfloat16",  # autocast; on a CPU too (smoke), fp32 master weights either way
         fp16=device == "cuda" and dtype == "float16",
         use_cpu=device == "cpu",
         **{checkpointing_arg: t.gradient_checkpointing},

@@ -127,7 +127,7 @@ def test_text_file_corpus_needs_a_file():
 def test_auto_device_and_dtype(monkeypatch):
     import torch
 
-    cfg = load_config("smoke")
+    cfg = load_config("paper", ["dtype=auto"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert (cfg.resolved_device(), cfg.resolved_dtype()) == ("cpu", "float32")
@@ -135,6 +135,17 @@ def test_auto_device_and_dtype(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert (cfg.resolved_device(), cfg.resolved_dtype()) == ("cuda", "bfloat16")
     assert load_config("smoke", ["dtype=float32"]).resolved_dtype() == "float32"
+
+
+def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
+    """smoke reads and trains in bf16, which this project's CPUs compute natively; elsewhere it is emulated and slow."""
+    import brdlib.config as config_mod
+
+    cfg = load_config("smoke", ["device=cpu"])
+    assert cfg.dtype == "bfloat16"
+    monkeypatch.setattr(config_mod, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="dtype=bfloat16 on a CPU without AVX512-BF16/AMX .* set dtype=float32"):
+        assert cfg.resolved_dtype() == "bfloat16"
 
 
 def test_mirror_dir_from_key_then_environment(monkeypatch, tmp_path):
