@@ -401,9 +401,9 @@ def student_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     if resolved.kind == "embedded":
-        from brdlib.embedded import ensure_converted
+        from brdlib.embedded import tokenizer_dir
 
-        return AutoTokenizer.from_pretrained(str(ensure_converted(resolved.source)))
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir(resolved.source)))
     return AutoTokenizer.from_pretrained(resolved.source)
 
 

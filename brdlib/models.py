@@ -104,6 +104,20 @@ def embedded_name(spec: str) -> str | None:
     return resolved.source if resolved.kind == "embedded" else None
 
 
+def embedded_dtypes(cfg: Config) -> dict[str, list[str]]:
+    """Each embedded model a profile uses -> the dtypes its converted copies are read in: the profile's dtype (scoring,
+    teachers), and float32 for the models training starts from (``models.student``, ``kd.student``: fp32 master
+    weights). What ``brdlib.runner`` prepares before the notebooks."""
+    roles = cfg.models.roles()
+    trained = {cfg.models.student, roles.get(cfg.kd.student, cfg.kd.student)}
+    out: dict[str, list[str]] = {}
+    for spec in roles.values():
+        if (name := embedded_name(spec)) is not None:
+            wanted = {cfg.resolved_dtype(), *(["float32"] if spec in trained else [])}
+            out[name] = sorted(set(out.get(name, [])) | wanted)
+    return out
+
+
 # Tiny random models ---------------------------------------------------------------------------------
 
 _TINY_TEXT = """
@@ -421,7 +435,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Loaded
         model = model.to(dtype=torch_dtype)
         source = f"random init, seed {resolved.source}"
     else:
-        path = str(ensure_converted(resolved.source)) if resolved.kind == "embedded" else resolved.source
+        path = str(ensure_converted(resolved.source, dtype=dtype)) if resolved.kind == "embedded" else resolved.source
         tokenizer = AutoTokenizer.from_pretrained(path)
         # On CPU, read the weights into memory rather than memory-mapping the safetensors file: mapped pages
         # reclaimed under memory pressure are re-read from disk at every forward pass (7x slower decoding

@@ -195,20 +195,21 @@ def prepare_models(cfg: Any) -> dict | None:
     the profile uses no embedded model."""
     import subprocess
 
-    from brdlib.models import embedded_name
+    from brdlib.models import embedded_dtypes
 
-    names = sorted({n for spec in cfg.models.roles().values() if (n := embedded_name(spec))})
-    if not names:
+    wanted = embedded_dtypes(cfg)
+    if not wanted:
         return None
     start = time.perf_counter()
     with PeakMemory() as memory:
-        done = subprocess.run([sys.executable, "-m", "brdlib.embedded", "prepare", *names], check=False)
-    if done.returncode:
-        raise RuntimeError(f"preparing the embedded models {', '.join(names)} failed (exit {done.returncode}); "
-                           f"its error is above; rerun: brd-models prepare {' '.join(names)}")
+        for name, dtypes in wanted.items():
+            command = ["prepare", name, *(f"--dtype={d}" for d in dtypes)]
+            if subprocess.run([sys.executable, "-m", "brdlib.embedded", *command], check=False).returncode:
+                raise RuntimeError(f"preparing the embedded model {name} failed; its error is above; rerun: "
+                                   f"brd-models {' '.join(command)}")
     seconds = time.perf_counter() - start
-    print(f"brd: models {', '.join(names)} ready in {seconds:.1f}s (peak {memory.peak_gb:.2f} GB)", flush=True)
-    return {"models": names, "seconds": round(seconds, 1), "peak_rss_gb": memory.peak_gb}
+    print(f"brd: models ready in {seconds:.1f}s (peak {memory.peak_gb:.2f} GB)", flush=True)
+    return {"models": {n: d for n, d in wanted.items()}, "seconds": round(seconds, 1), "peak_rss_gb": memory.peak_gb}
 
 
 def write_summary(runs_dir: Path, profile: str, overrides: list[str], results: list[NotebookResult],

