@@ -449,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "list":
             for m in EMBEDDED_MODELS.values():
                 done = [d for d in CONVERTED_DTYPES if is_converted(m, d)]
-                state = f"converted ({', '.join(done)})" if done else "installed" if is_installed(m) else "not installed"
+                state = (f"converted ({', '.join(done)})" if done
+                         else "installed" if is_installed(m) else "not installed")
                 print(f"{m.name:30s} {state:24s} {m.licence:20s} {m.note}")
         elif args.cmd == "path":
             print(gguf_path(args.name))
