@@ -224,7 +224,9 @@ def kd_brd_config(cfg: Config) -> Config:
     k = cfg.kd
     return cfg.with_train({key: value for key, value in (("batch_size", k.brd_batch_size),
                                                          ("max_length", k.brd_max_length),
-                                                         ("optim", k.brd_optim)) if value is not None})
+                                                         ("optim", k.brd_optim),
+                                                         ("gradient_checkpointing", k.gradient_checkpointing))
+                           if value is not None})
 
 
 def train_kd_brd_students(cfg: Config, kd_refs: Mapping[str, str], progress: bool = True) -> dict[str, str]:

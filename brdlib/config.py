@@ -398,6 +398,9 @@ class KDConfig(_Strict):
     )
     brd_optim: str | None = Field(default=None, description="'+BRD' optimizer (TrainingArguments.optim); "
                                    "None: train.optim")
+    gradient_checkpointing: bool | None = Field(
+        default=None, description="for the KD students and their '+BRD' training; None: train.gradient_checkpointing"
+    )
     teacher_logits: Literal["online", "precomputed"] = Field(
         default="online",
         description="online: the teacher runs beside the student at every step (both in memory); precomputed: the "

@@ -182,6 +182,12 @@ def kd_texts(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return [r["text"] for r in rows]
 
 
+def kd_gradient_checkpointing(cfg: Config) -> bool:
+    """``kd.gradient_checkpointing``, else ``train.gradient_checkpointing``: for the KD students and their '+BRD'."""
+    k = cfg.kd.gradient_checkpointing
+    return cfg.train.gradient_checkpointing if k is None else k
+
+
 def _teacher_dtype(cfg: Config) -> str:
     return cfg.resolved_dtype() if cfg.kd.teacher_dtype == "auto" else cfg.kd.teacher_dtype
 
@@ -361,13 +367,14 @@ def train_kd_student(
     """
     from transformers import TrainingArguments, default_data_collator
 
-    from brdlib.models import load_model
+    from brdlib.models import free_memory, load_model
     from brdlib.train import (
         SUMMARY_FILE,
         _median,
         _peak_memory_mb,
         _swap_into_place,
         check_max_length,
+        checkpointing_argument,
         checkpoints_dir,
         distributed_state,
         last_complete_checkpoint,
@@ -420,7 +427,7 @@ def train_kd_student(
         fp16=device == "cuda" and dtype == "float16", use_cpu=device == "cpu", seed=cfg.seed, data_seed=cfg.seed,
         include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=not progress,
         dataloader_num_workers=0, ddp_find_unused_parameters=False, ddp_timeout=cfg.train.ddp_timeout,
-        remove_unused_columns=False,
+        remove_unused_columns=False, **checkpointing_argument(kd_gradient_checkpointing(cfg)),
     )
     trainer = _make_kd_trainer_class()(
         model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
@@ -454,7 +461,7 @@ def train_kd_student(
             "optim": k.optim,
             "packing": packing.as_dict(), "epochs": round(trainer.state.epoch or 0.0, 3),
             "loss_mode": f"{kind}: {'forward' if kind == 'skd' else 'reverse'} KL, T={k.temperature:g}",
-            "device": device, "mixed_precision": mixed, "gradient_checkpointing": False,
+            "device": device, "mixed_precision": mixed, "gradient_checkpointing": kd_gradient_checkpointing(cfg),
             "resumed_from_step": start_step, "session_seconds": round(seconds, 1),
             "seconds_per_step": round(seconds / max(1, trainer.state.global_step - start_step), 2),
             "session_tokens": int(session_tokens),
@@ -472,6 +479,8 @@ def train_kd_student(
             shutil.rmtree(ckpt, ignore_errors=True)
         log.info("KD student %s saved to %s (%.0f s)", name, out, seconds)
     state.wait_for_everyone()
+    del trainer, model, loaded
+    free_memory()
     return out
 
 

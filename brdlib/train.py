@@ -547,6 +547,15 @@ def resolve_init(cfg: Config, init: str | None) -> tuple[str, str]:
     return spec, f"{resolved.kind}:{spec}"
 
 
+def checkpointing_argument(enabled: bool) -> dict[str, bool]:
+    """TrainingArguments' gradient checkpointing switch: transformers 5.2x renamed ``gradient_checkpointing`` to
+    ``activation_checkpointing``; whichever this version has."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": enabled}
+
+
 def training_fingerprint(cfg: Config, variant_fingerprint: str, init_id: str, max_steps: int) -> str:
     """Hash of what determines a student's weights (not logging, saving or checkpointing keys)."""
     t = cfg.train
@@ -726,7 +735,7 @@ def train_student(
     import torch
     from transformers import TrainingArguments, default_data_collator
 
-    from brdlib.models import load_model
+    from brdlib.models import free_memory, load_model
 
     state = distributed_state(cfg)  # before anything reads the process count
     t = cfg.train
@@ -762,9 +771,6 @@ def train_student(
     with state.main_process_first():  # a no-op wait when --pack-only ran before the launch
         blocks, packing, _ = _pack_variant_blocks(cfg, variant, card, tokenizer)
     per_device = per_device_batch(t.batch_size, state.num_processes, t.gradient_accumulation_steps)
-    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing; use whichever exists
-    fields = TrainingArguments.__dataclass_fields__
-    checkpointing_arg = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     args = TrainingArguments(
         output_dir=str(ckpt),
         max_steps=steps,
@@ -784,7 +790,7 @@ def train_student(
         bf16=dtype == "bfloat16",  # autocast; on a CPU too (smoke), fp32 master weights either way
         fp16=device == "cuda" and dtype == "float16",
         use_cpu=device == "cpu",
-        **{checkpointing_arg: t.gradient_checkpointing},
+        **checkpointing_argument(t.gradient_checkpointing),
         ddp_timeout=t.ddp_timeout,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -844,6 +850,8 @@ def train_student(
             shutil.rmtree(ckpt, ignore_errors=True)
         log.info("student %s saved to %s", name, out)
     state.wait_for_everyone()
+    del trainer, model, loaded
+    free_memory()  # the next model loads into this process's memory, not beside what glibc kept of this one
     return out
 
 

@@ -246,12 +246,12 @@ def test_released_checkpoints_are_returned_without_training(tmp_path):
 @pytest.mark.embedded
 def test_smoke_kd_models_share_a_vocabulary():
     """The smoke pair (Qwen2.5-Coder-1.5B -> 0.5B): identical tokenizers; skips unless both are converted."""
-    from brdlib.embedded import get_embedded, is_converted
+    from brdlib.embedded import CONVERTED_DTYPES, get_embedded, is_converted
 
     cfg = load_config("smoke")
     roles = cfg.models.roles()
     for role in (cfg.kd.teacher, cfg.kd.student):
-        if not is_converted(get_embedded(roles[role])):
+        if not any(is_converted(get_embedded(roles[role]), d) for d in CONVERTED_DTYPES):
             pytest.skip(f"embedded model {roles[role]} is not converted (brd-models prepare {roles[role]})")
     teacher, student = (roles[cfg.kd.teacher], roles[cfg.kd.student])
     assert shared_vocabulary_size(load_tokenizer(teacher), load_tokenizer(student), teacher, student) == 151_936
