@@ -39,7 +39,7 @@ class NotebookResult:
 
 class PeakMemory:
     """The peak resident memory of this process and every descendant (papermill's kernel and what it starts) while
-    in the ``with`` block: their summed RSS sampled every ``interval`` seconds, and each one's own kernel-kept
+    in the ``with`` block: their summed RSS sampled every ``interval`` seconds, and each child's own kernel-kept
     peak (Linux ``VmHWM``), so a spike shorter than the interval in one process is not missed."""
 
     def __init__(self, interval: float = 0.2) -> None:
@@ -71,7 +71,10 @@ class PeakMemory:
                 except psutil.Error:
                     continue
                 total += rss
-                self.peak_bytes = max(self.peak_bytes, rss, _hwm_bytes(proc.pid))
+                # a child's VmHWM is its peak since it started (in the block: papermill starts a kernel per
+                # notebook); this process's own is its lifetime's, so only its current size counts
+                hwm = _hwm_bytes(proc.pid) if proc.pid != me.pid else 0
+                self.peak_bytes = max(self.peak_bytes, rss, hwm)
             self.peak_bytes = max(self.peak_bytes, total)
             if self._stop.wait(self.interval):
                 return
