@@ -41,5 +41,7 @@ def test_a_rerun_from_the_same_teacher_records_gives_the_same_tables(tiny_study,
     teacher_nb = again.executed("01_teacher_generation")
     logged = "".join(o.get("text", "") for c in teacher_nb.cells for o in c.get("outputs", []))
     assert "nothing to generate" in logged  # the records were reused, not made again
-    assert compare_tables(tiny_study.figures, again.figures) == []
+    # 01_teacher_run counts this run's work (records reused, not generated): it differs by design
+    diffs = compare_tables(tiny_study.figures, again.figures)
+    assert [d for d in diffs if not d.startswith("01_teacher_run.csv:")] == []
     assert len(list(again.figures.glob("*.csv"))) >= 40
