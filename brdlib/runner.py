@@ -212,7 +212,7 @@ def prepare_models(cfg: Any) -> dict | None:
                                    f"brd-models {' '.join(command)}")
     seconds = time.perf_counter() - start
     print(f"brd: models ready in {seconds:.1f}s (peak {memory.peak_gb:.2f} GB)", flush=True)
-    return {"models": {n: d for n, d in wanted.items()}, "seconds": round(seconds, 1), "peak_rss_gb": memory.peak_gb}
+    return {"models": dict(wanted), "seconds": round(seconds, 1), "peak_rss_gb": memory.peak_gb}
 
 
 def write_summary(runs_dir: Path, profile: str, overrides: list[str], results: list[NotebookResult],
