@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brdlib.models import free_memory
+
 if TYPE_CHECKING:
     from brdlib.config import Config
     from brdlib.models import LoadedModel
@@ -327,17 +329,19 @@ def llamacpp_request(prompt: str, params: DecodingParams) -> dict[str, Any]:
 
 
 class LlamaCppBackend(Backend):
-    """llama.cpp through ``xllamacpp``'s in-process server: ``batch_size`` slots decoded together.
+    """llama.cpp through ``xllamacpp``'s in-process server: ``n_slots`` sequences (default ``batch_size``)
+    decoded together.
 
-    A batch is one request holding every prompt, so the server's continuous batching keeps every slot
-    busy and forms the same decoding batches in every run; each slot keeps its last prompt's KV cache,
-    so the shared few-shot prefix is evaluated once per slot, not once per request.
+    A batch is one request holding every prompt, so the server's continuous batching forms the same decoding
+    batches in every run; with more prompts than slots, a slot that finishes takes the next prompt at once, so a
+    batch waits for its slowest response once, not once per ``n_slots`` prompts. Each slot keeps its last prompt's
+    KV cache, so the shared few-shot prefix is evaluated once per slot, not once per request.
     """
 
     name = "llamacpp"
 
     def __init__(self, gguf: str | os.PathLike[str], model: str, batch_size: int = 8, n_threads: int | None = None,
-                 ctx_per_slot: int = 2048, seed: int = 0) -> None:
+                 ctx_per_slot: int = 2048, seed: int = 0, n_slots: int | None = None) -> None:
         super().__init__(model, batch_size)
         if not llamacpp_available():
             raise ImportError(
@@ -351,10 +355,11 @@ class LlamaCppBackend(Backend):
             raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
         self.gguf = path
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.n_slots = n_slots or batch_size
         params = xlc.CommonParams()
         params.model.path = str(path)
-        params.n_parallel = batch_size
-        params.n_ctx = ctx_per_slot * batch_size
+        params.n_parallel = self.n_slots
+        params.n_ctx = ctx_per_slot * self.n_slots
         params.cpuparams.n_threads = self.n_threads
         params.cpuparams_batch.n_threads = self.n_threads
         params.sampling.seed = seed
@@ -365,7 +370,8 @@ class LlamaCppBackend(Backend):
         self.load_seconds = time.perf_counter() - start
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "gguf": str(self.gguf), "n_threads": self.n_threads, "device": "cpu"}
+        return {**super().describe(), "gguf": str(self.gguf), "n_threads": self.n_threads, "n_slots": self.n_slots,
+                "device": "cpu"}
 
     def generate(
         self, prompts: Sequence[str], params: DecodingParams, shared_prefix: str | None = None
@@ -438,14 +444,6 @@ def vllm_sampling_kwargs(params: DecodingParams) -> dict[str, Any]:
     return kwargs
 
 
-def free_accelerator_memory() -> None:
-    """:func:`brdlib.models.free_memory`, so a vLLM engine started next finds the memory that earlier torch models
-    (scoring, training) left cached."""
-    from brdlib.models import free_memory
-
-    free_memory()
-
-
 class VllmEngine:
     """A ``vllm.LLM`` in this process that streams completions: requests go in through
     ``LLMEngine.add_request`` (at most ``max_in_flight`` at a time) and each comes out of ``step()`` as soon as
@@ -498,7 +496,7 @@ class VllmEngine:
         elif core is not None and callable(getattr(core, "shutdown", None)):
             core.shutdown()
         del llm, core
-        free_accelerator_memory()
+        free_memory()  # a vLLM engine started next finds what torch models left cached
 
 
 def vllm_generation(completion: Any, params: DecodingParams) -> Generation:
@@ -647,7 +645,7 @@ class VllmBackend(Backend):
         self._engine: VllmEngine | None = None
         self._proc: Any = None
         self._conn: Any = None
-        free_accelerator_memory()
+        free_memory()
         if self.python is not None:
             self._start_child_in(self.python, env)
         elif child_process:
@@ -760,7 +758,7 @@ class VllmBackend(Backend):
                 self._proc.join()
             self._conn.close()
             self._proc = self._conn = None
-        free_accelerator_memory()
+        free_memory()
 
 
 # Choosing and building ----------------------------------------------------------------------------
@@ -809,7 +807,7 @@ def make_backend(cfg: Config, role: str = "teacher", backend: str | None = None)
                 "model); use teacher.backend=transformers or auto"
             )
         return LlamaCppBackend(gguf_path(resolved.source), spec, batch_size=t.batch_size,
-                               n_threads=t.llamacpp_threads, seed=cfg.seed)
+                               n_threads=t.llamacpp_threads, seed=cfg.seed, n_slots=t.llamacpp_slots)
     if resolved.kind == "tiny-random":
         raise ValueError("backend 'vllm' cannot build tiny-random models (vLLM reads a model directory); use "
                          "teacher.backend=transformers, or a tiny-random-llama teacher")

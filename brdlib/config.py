@@ -194,7 +194,8 @@ class TeacherConfig(_Strict):
         description="auto: vllm on CUDA, llama.cpp on CPU for GGUF models (if installed), else transformers",
     )
     max_new_tokens: int = Field(default=128, gt=0)
-    batch_size: int = Field(default=16, gt=0, description="prompts per batch (llama.cpp: parallel slots)")
+    batch_size: int = Field(default=16, gt=0, description="prompts per batch: one generation call, its records written "
+                            "together")
     greedy: bool = True
     temperature: float = Field(default=1.0, gt=0, description="sampling temperature, only when greedy is false")
     top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling, only when greedy is false")
@@ -204,6 +205,11 @@ class TeacherConfig(_Strict):
     shard: str = Field(default="0/1", description="i/N: this machine takes the passages whose id hashes to i mod N")
     prefix_cache: bool = Field(default=True, description="transformers: run the shared few-shot prefix once")
     llamacpp_threads: int | None = Field(default=None, gt=0, description="llama.cpp CPU threads; null: all cores")
+    llamacpp_slots: int | None = Field(
+        default=None, gt=0,
+        description="llama.cpp: sequences decoded together (parallel slots); null: batch_size. A batch of more prompts "
+        "than slots keeps every slot busy: a slot that finishes takes the batch's next prompt",
+    )
     vllm_gpu_memory_utilization: float = Field(
         default=0.85, gt=0, le=1,
         description="vllm: share of the GPU's memory the engine takes (weights + KV cache); vLLM refuses to start "
@@ -284,8 +290,9 @@ class TrainConfig(_Strict):
         default="linear", description="not stated in the paper; linear decay is the Trainer's default"
     )
     weight_decay: float = Field(default=0.0, ge=0)
-    optim: str = Field(default="adamw_torch", description="the Trainer's optimizer (TrainingArguments.optim); the "
-                       "paper does not name it: AdamW, the Trainer's default")
+    optim: str = Field(default="adamw_torch", description="the Trainer's optimizer (TrainingArguments.optim), or "
+                       "adafactor_torch (torch.optim.Adafactor, one parameter at a time); the paper does not name "
+                       "it: AdamW, the Trainer's default")
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     gradient_checkpointing: bool = False
     loss: Literal["auto", "standard", "chunked"] = Field(
@@ -409,8 +416,8 @@ class KDConfig(_Strict):
     )
     optim: str = Field(
         default="adamw_torch",
-        description="the Trainer's optimizer name (TrainingArguments.optim); adafactor keeps no first moment and "
-        "factors the second, saving ~8 bytes per student parameter",
+        description="the Trainer's optimizer name (TrainingArguments.optim) or adafactor_torch; Adafactor keeps no "
+        "first moment and factors the second, saving ~8 bytes per student parameter",
     )
     released: dict[str, str] | None = Field(
         default=None,

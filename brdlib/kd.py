@@ -292,9 +292,10 @@ def precompute_teacher_logits(cfg: Config, plan: KDPlan, blocks: Any, progress: 
     from tqdm.auto import tqdm
 
     from brdlib.models import free_memory
+    from brdlib.train import check_max_length
 
     teacher = load_teacher(cfg, plan)
-    check_max_length_of(cfg, teacher, plan.teacher_spec)
+    check_max_length(cfg.kd.max_length, "kd.max_length", teacher.model.config, plan.teacher_spec)
     rows = []
     with torch.inference_mode():
         for i in tqdm(range(len(blocks)), desc="teacher logits", unit="block", disable=not progress):
@@ -305,13 +306,6 @@ def precompute_teacher_logits(cfg: Config, plan: KDPlan, blocks: Any, progress: 
     del teacher, rows
     free_memory()
     return out
-
-
-def check_max_length_of(cfg: Config, loaded: LoadedModel, spec: str) -> None:
-    """``kd.max_length`` within the model's positions (brdlib.train.check_max_length)."""
-    from brdlib.train import check_max_length
-
-    check_max_length(cfg.kd.max_length, "kd.max_length", loaded.model.config, spec)
 
 
 def _make_kd_trainer_class() -> type:
@@ -378,6 +372,7 @@ def train_kd_student(
         checkpoints_dir,
         distributed_state,
         last_complete_checkpoint,
+        optimizer_arguments,
         per_device_batch,
         student_dir,
     )
@@ -410,16 +405,17 @@ def train_kd_student(
         teacher_n_params, teacher_dtype = teacher_logits.n_params, teacher_logits.dtype
     else:
         teacher = teacher or load_teacher(cfg, plan)
-        check_max_length_of(cfg, teacher, plan.teacher_spec)
+        check_max_length(k.max_length, "kd.max_length", teacher.model.config, plan.teacher_spec)
         teacher_n_params, teacher_dtype = teacher.n_params, teacher.dtype
     loaded = load_model(plan.student_spec, device="cpu", dtype="float32")  # fp32 master weights; autocast below
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config.use_cache = False
     check_max_length(k.max_length, "kd.max_length", model.config, plan.student_spec)
     per_device = per_device_batch(k.batch_size, state.num_processes, 1)
+    optim_args, optimizer_kwargs = optimizer_arguments(k.optim, k.learning_rate)
     args = TrainingArguments(
         output_dir=str(ckpt), max_steps=k.max_steps, per_device_train_batch_size=per_device,
-        learning_rate=k.learning_rate, optim=k.optim, weight_decay=cfg.train.weight_decay,
+        learning_rate=k.learning_rate, **optim_args, weight_decay=cfg.train.weight_decay,
         warmup_steps=cfg.train.warmup_steps,
         lr_scheduler_type=cfg.train.lr_scheduler, save_strategy="steps", save_steps=cfg.train.save_steps,
         save_total_limit=cfg.train.save_total_limit, logging_strategy="steps", logging_steps=cfg.train.logging_steps,
@@ -431,7 +427,7 @@ def train_kd_student(
     )
     trainer = _make_kd_trainer_class()(
         model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
-        processing_class=tokenizer,
+        processing_class=tokenizer, **optimizer_kwargs,
     )
     trainer.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer average accumulation
     if teacher_logits is not None:

@@ -279,13 +279,21 @@ def test_precomputed_teacher_logits_train_the_same_students_as_the_online_teache
         assert load_summary(pre, kind)["final_loss"] == load_summary(online, kind)["final_loss"]
 
 
-def test_plus_brd_trains_with_kd_brd_optim(tmp_path):
-    """'+BRD' of the 0.5B KD students: smoke names Adafactor (AdamW's moments would add 5 GB); the summary says so."""
+def test_plus_brd_trains_with_kd_brd_optim(tmp_path, monkeypatch):
+    """'+BRD' of the 0.5B KD students: smoke names torch's Adafactor (AdamW's moments would add 5 GB; transformers'
+    Adafactor holds ~0.5 GB more at its step), and it is the optimizer that steps; the summary says so."""
+    import torch
+
     from brdlib.blind import kd_brd_config, train_kd_brd_students
 
-    assert kd_brd_config(load_config("smoke")).train.optim == "adafactor"
-    cfg = tiny_cfg(tmp_path, "kd.brd_optim=adafactor")
+    assert kd_brd_config(load_config("smoke")).train.optim == "adafactor_torch"
+    assert load_config("smoke").kd.optim == "adafactor_torch"
+    cfg = tiny_cfg(tmp_path, "kd.brd_optim=adafactor_torch")
     assert kd_brd_config(tiny_cfg(tmp_path)).train.optim == "adamw_torch"
     refs = ensure_kd_students(cfg, progress=False)
+    steps, real_step = [], torch.optim.Adafactor.step
+    monkeypatch.setattr(torch.optim.Adafactor, "step",
+                        lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
     names = train_kd_brd_students(cfg, {"skd": refs["skd"]}, progress=False)
-    assert load_summary(cfg, names["skd_brd"])["optim"] == "adafactor"
+    assert load_summary(cfg, names["skd_brd"])["optim"] == "adafactor_torch"
+    assert len(steps) == cfg.kd.brd_max_steps == 1

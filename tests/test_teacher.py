@@ -513,10 +513,12 @@ def test_llamacpp_backend_reads_the_embedded_gguf(smollm2_llamacpp):
 
 @pytest.mark.slow
 @pytest.mark.embedded
-def test_llamacpp_backend_is_repeatable_across_fresh_servers():
+@pytest.mark.parametrize(("batch", "slots"), [(8, 8), (12, 4)])
+def test_llamacpp_backend_is_repeatable_across_fresh_servers(batch, slots):
     """Two fresh llama.cpp servers with several slots give the same texts for the same batches (the teacher's
-    records, hence every smoke table, repeat). Submitting a batch from one thread per prompt made the decoding
-    batches depend on arrival order: 43 of 48 NER responses equal between two runs of the 0.5B teacher."""
+    records, hence every smoke table, repeat), also when a batch holds more prompts than slots (a freed slot takes
+    the next prompt). Submitting a batch from one thread per prompt made the decoding batches depend on arrival
+    order: 43 of 48 NER responses equal between two runs of the 0.5B teacher."""
     if not (llamacpp_available() and _embedded_ready("smollm2-135m-instruct")):
         pytest.skip("xllamacpp or the embedded smollm2 not installed")
     from brdlib.embedded import gguf_path
@@ -527,11 +529,15 @@ def test_llamacpp_backend_is_repeatable_across_fresh_servers():
     prompts, params = [NER_TEMPLATE.render(s) for s in sentences], params_for("ner", 24)
     runs = []
     for _ in range(2):
-        backend = LlamaCppBackend(gguf_path("smollm2-135m-instruct"), "smollm2-135m-instruct", batch_size=8,
-                                  n_threads=2)
-        runs.append([g.text for i in range(0, len(prompts), 8) for g in backend.generate(prompts[i:i + 8], params)])
+        backend = LlamaCppBackend(gguf_path("smollm2-135m-instruct"), "smollm2-135m-instruct", batch_size=batch,
+                                  n_threads=2, n_slots=slots)
+        assert backend.describe()["n_slots"] == slots
+        runs.append([g.text for i in range(0, len(prompts), batch)
+                     for g in backend.generate(prompts[i:i + batch], params)])
         backend.close()
     assert len(runs[0]) == len(prompts) and all(runs[0])
+    # each response is its own prompt's: NER names the sentence's words (the order of choices was kept)
+    assert all(s.split()[1] in r or s.split()[4] in r for s, r in zip(sentences, runs[0], strict=True)), runs[0]
     assert runs[0] == runs[1], sum(a != b for a, b in zip(*runs, strict=True))
 
 
