@@ -225,7 +225,8 @@ def kd_brd_config(cfg: Config) -> Config:
     return cfg.with_train({key: value for key, value in (("batch_size", k.brd_batch_size),
                                                          ("max_length", k.brd_max_length),
                                                          ("optim", k.brd_optim),
-                                                         ("gradient_checkpointing", k.gradient_checkpointing))
+                                                         ("gradient_checkpointing", k.gradient_checkpointing),
+                                                         ("mmap_threshold_kib", k.mmap_threshold_kib))
                            if value is not None})
 
 

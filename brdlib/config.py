@@ -282,7 +282,8 @@ class TrainConfig(_Strict):
     save_steps: int = Field(default=1_000, gt=0)
     save_total_limit: int | None = Field(default=2, gt=0, description="checkpoints kept; null keeps all")
     keep_checkpoints: bool = Field(
-        default=False, description="keep the checkpoints once the student is saved (the paper saved every 1000 steps)"
+        default=False, description="keep the checkpoints once the student is saved (the paper saved every 1000 steps); "
+        "the last step's is never written: the student folder holds its weights"
     )
     logging_steps: int = Field(default=10, gt=0)
     warmup_steps: int = Field(default=0, ge=0)
@@ -295,6 +296,11 @@ class TrainConfig(_Strict):
                        "it: AdamW, the Trainer's default")
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     gradient_checkpointing: bool = False
+    mmap_threshold_kib: int | None = Field(
+        default=None, gt=0, description="while training, glibc maps every allocation of this many KiB or more, so "
+        "freed activations and gradients return to the system at once (a lower peak; brdlib.models.mmap_threshold); "
+        "null: glibc's own rule",
+    )
     loss: Literal["auto", "standard", "chunked"] = Field(
         default="auto",
         description="'chunked' computes the cross-entropy in chunks of tokens without materialising the "
@@ -407,6 +413,9 @@ class KDConfig(_Strict):
                                    "None: train.optim")
     gradient_checkpointing: bool | None = Field(
         default=None, description="for the KD students and their '+BRD' training; None: train.gradient_checkpointing"
+    )
+    mmap_threshold_kib: int | None = Field(
+        default=None, gt=0, description="for the KD students and their '+BRD' training; None: train.mmap_threshold_kib"
     )
     teacher_logits: Literal["online", "precomputed"] = Field(
         default="online",

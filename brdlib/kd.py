@@ -361,7 +361,7 @@ def train_kd_student(
     """
     from transformers import TrainingArguments, default_data_collator
 
-    from brdlib.models import free_memory, load_model
+    from brdlib.models import free_memory, load_model, mmap_threshold
     from brdlib.train import (
         SUMMARY_FILE,
         _median,
@@ -371,6 +371,7 @@ def train_kd_student(
         checkpointing_argument,
         checkpoints_dir,
         distributed_state,
+        final_checkpoint_callback,
         last_complete_checkpoint,
         optimizer_arguments,
         per_device_batch,
@@ -427,7 +428,8 @@ def train_kd_student(
     )
     trainer = _make_kd_trainer_class()(
         model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
-        processing_class=tokenizer, **optimizer_kwargs,
+        processing_class=tokenizer, callbacks=[final_checkpoint_callback()],
+        **optimizer_kwargs,
     )
     trainer.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer average accumulation
     if teacher_logits is not None:
@@ -439,7 +441,9 @@ def train_kd_student(
              k.max_steps, packing.blocks, k.max_length, resume)
     from brdlib.train import run_and_save
 
-    result, seconds, tmp, start_step, start_tokens = run_and_save(trainer, state, model, out, resume)
+    threshold = cfg.kd.mmap_threshold_kib if cfg.kd.mmap_threshold_kib is not None else cfg.train.mmap_threshold_kib
+    with mmap_threshold(threshold):
+        result, seconds, tmp, start_step, start_tokens = run_and_save(trainer, state, model, out, resume)
     if state.is_main_process:
         history = [h for h in trainer.state.log_history if "loss" in h]
         session_tokens = trainer.state.num_input_tokens_seen - start_tokens

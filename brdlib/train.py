@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brdlib.assemble import encode_passages
-from brdlib.models import max_positions
+from brdlib.models import max_positions, mmap_threshold
 
 if TYPE_CHECKING:
     import datasets
@@ -488,6 +488,23 @@ def _make_trainer_class() -> type:
     return BRDTrainer
 
 
+def final_checkpoint_callback() -> Any:
+    """A Trainer callback that drops the Trainer's checkpoint at the last step, written just before the final model is
+    saved (:func:`run_and_save`): brd never resumes from it (the steps are in the fingerprint, so a longer run starts
+    its own checkpoints) and the student folder holds the same weights; a kill during the final save resumes from the
+    previous checkpoint, as a kill between checkpoints does. The smoke run wrote ~20 such checkpoints (weights and
+    optimizer states) only to delete them."""
+    from transformers import TrainerCallback
+
+    class SkipFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+            return control
+
+    return SkipFinalCheckpoint()
+
+
 # Checkpoints ----------------------------------------------------------------------------------------------
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -820,7 +837,8 @@ def train_student(
     )
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
-        processing_class=tokenizer, callbacks=list(callbacks), **optimizer_kwargs,
+        processing_class=tokenizer, callbacks=[*callbacks, final_checkpoint_callback()],
+        **optimizer_kwargs,
     )
     mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
     if device == "cuda" and mixed != "no":
@@ -835,7 +853,8 @@ def train_student(
     log.info("training %s on %s from %s: %d steps, %d blocks of %d, pad %.2f%%, resume=%s", name, variant,
              init_spec, steps, packing.blocks, t.max_length, 100 * packing.pad_fraction, resume)
     loss_context = chunked_loss(model, t.loss_chunk_tokens) if chunked else contextlib.nullcontext()
-    result, seconds, tmp, start_step, start_tokens = run_and_save(trainer, state, model, out, resume, loss_context)
+    with mmap_threshold(t.mmap_threshold_kib):
+        result, seconds, tmp, start_step, start_tokens = run_and_save(trainer, state, model, out, resume, loss_context)
     if state.is_main_process:
         history = [h for h in trainer.state.log_history if "loss" in h]
         session_tokens = trainer.state.num_input_tokens_seen - start_tokens

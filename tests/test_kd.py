@@ -288,6 +288,7 @@ def test_plus_brd_trains_with_kd_brd_optim(tmp_path, monkeypatch):
 
     assert kd_brd_config(load_config("smoke")).train.optim == "adafactor_torch"
     assert load_config("smoke").kd.optim == "adafactor_torch"
+    assert kd_brd_config(load_config("smoke")).train.mmap_threshold_kib == 256
     cfg = tiny_cfg(tmp_path, "kd.brd_optim=adafactor_torch")
     assert kd_brd_config(tiny_cfg(tmp_path)).train.optim == "adamw_torch"
     refs = ensure_kd_students(cfg, progress=False)

@@ -26,6 +26,7 @@ from brdlib.train import (
     chunked_causal_lm_loss,
     chunked_loss,
     flops_per_token,
+    has_weights,
     last_complete_checkpoint,
     load_summary,
     loss_curve_figure,
@@ -258,6 +259,29 @@ def test_resume_after_a_kill_gives_the_same_weights(tiny_brd, tmp_path):
     assert [h["loss"] for h in a["log_history"]] == [h["loss"] for h in b["log_history"]]
     _assert_same_weights(resumed, straight)
     assert not checkpoints_dir(cfg, "resumed").exists()  # removed once saved (train.keep_checkpoints=false)
+
+
+def test_the_last_step_writes_the_student_not_a_checkpoint_too(tiny_brd):
+    """The Trainer checkpoints the last step and the final model is saved right after: that checkpoint (weights and
+    optimizer state, never resumed from) is skipped, also with train.keep_checkpoints; earlier ones are written."""
+    from transformers import TrainerCallback
+
+    class Saves(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def on_save(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    runs = {}
+    for name, steps, keep in [("dropped", 4, False), ("odd_end", 3, True), ("kept", 4, True)]:
+        cfg = tiny_brd.with_train({"keep_checkpoints": keep})
+        saves = Saves()
+        train_student(cfg, "brd", name, max_steps=steps, callbacks=[saves], progress=False)
+        runs[name] = saves.steps
+        assert load_summary(cfg, name)["steps"] == steps and has_weights(student_dir(cfg, name))
+    assert runs == {"dropped": [2], "odd_end": [2], "kept": [2]}
+    assert [p.name for p in checkpoints_dir(tiny_brd, "kept").glob("checkpoint-*")] == ["checkpoint-2"]
 
 
 def test_finished_student_is_reused_and_loads_by_path(tiny_brd):
