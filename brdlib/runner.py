@@ -35,6 +35,7 @@ class NotebookResult:
     output: str
     error: str = ""
     peak_rss_gb: float | None = None  # resident memory of this process and its children (the kernel), at peak
+    peak_cell: str | None = None  # the executed notebook's cell running when the summed RSS was highest
 
 
 class PeakMemory:
@@ -44,6 +45,8 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval, self.peak_bytes = interval, 0
+        self.peak_at: float | None = None  # wall-clock time (time.time()) of the highest summed sample
+        self._peak_total = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -76,6 +79,8 @@ class PeakMemory:
                 hwm = _hwm_bytes(proc.pid) if proc.pid != me.pid else 0
                 self.peak_bytes = max(self.peak_bytes, rss, hwm)
             self.peak_bytes = max(self.peak_bytes, total)
+            if total > self._peak_total:
+                self._peak_total, self.peak_at = total, time.time()
             if self._stop.wait(self.interval):
                 return
 
@@ -125,7 +130,8 @@ def execute(
     start = time.perf_counter()
     with PeakMemory() as memory:
         error = _execute(pm, notebook, output, profile, overrides, log_output)
-    return NotebookResult(notebook.name, time.perf_counter() - start, not error, str(output), error, memory.peak_gb)
+    return NotebookResult(notebook.name, time.perf_counter() - start, not error, str(output), error, memory.peak_gb,
+                          cell_at(output, memory.peak_at))
 
 
 def _execute(pm: Any, notebook: Path, output: Path, profile: str, overrides: list[str], log_output: bool) -> str:
@@ -143,6 +149,27 @@ def _execute(pm: Any, notebook: Path, output: Path, profile: str, overrides: lis
     except pm.PapermillExecutionError as err:
         return f"{_failing_cell(output)}: {err.ename}: {err.evalue}"
     return ""
+
+
+def cell_at(executed: Path, when: float | None) -> str | None:
+    """'cell N (`first line`)' of the executed notebook's cell that was running at ``when`` (``time.time()``), from
+    papermill's start and end times; N counted 1-based without papermill's injected cell. None if none was."""
+    import datetime as dt
+
+    import nbformat
+
+    if when is None or not executed.is_file():
+        return None
+    cells = [c for c in nbformat.read(executed, as_version=4).cells
+             if "injected-parameters" not in c.metadata.get("tags", [])]
+    for number, cell in enumerate(cells, 1):
+        times = cell.metadata.get("papermill", {})
+        if times.get("start_time") and times.get("end_time"):
+            start, end = (dt.datetime.fromisoformat(times[k].replace("Z", "+00:00")).timestamp()
+                          for k in ("start_time", "end_time"))
+            if start <= when <= end:
+                return f"cell {number} (`{(cell.source.strip().splitlines() or [''])[0][:80]}`)"
+    return None
 
 
 def _failing_cell(executed: Path) -> str:

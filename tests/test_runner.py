@@ -114,6 +114,36 @@ def test_peak_memory_counts_a_child_process():
     assert busy.peak_gb - quiet.peak_gb > 0.35, (quiet.peak_gb, busy.peak_gb)
 
 
+def test_the_cell_at_the_peak_is_named(tmp_path):
+    """run_summary.json names the cell running when memory peaked, from papermill's cell times."""
+    import time
+
+    import nbformat
+
+    with runner.PeakMemory(interval=0.05) as memory:
+        block = bytearray(300_000_000)
+        time.sleep(0.3)
+        del block
+    assert memory.peak_at is not None and time.time() - 5 < memory.peak_at <= time.time()
+
+    def iso(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+    nb = nbformat.v4.new_notebook()
+    t0 = 1_800_000_000.0
+    for i, (src, a, b) in enumerate([("profile = 'tiny'", 0, 1), ("x = 1\nmore", 1, 2), ("big = load()", 2, 9)]):
+        cell = nbformat.v4.new_code_cell(src)
+        cell.metadata["papermill"] = {"start_time": iso(t0 + a), "end_time": iso(t0 + b)}
+        if i == 0:
+            cell.metadata["tags"] = ["injected-parameters"]
+        nb.cells.append(cell)
+    path = tmp_path / "run.ipynb"
+    nbformat.write(nb, path)
+    assert runner.cell_at(path, t0 + 1.5) == "cell 1 (`x = 1`)"
+    assert runner.cell_at(path, t0 + 5) == "cell 2 (`big = load()`)"
+    assert runner.cell_at(path, t0 + 20) is None and runner.cell_at(path, None) is None
+
+
 @pytest.mark.embedded
 def test_model_preparation_is_measured_apart_from_the_notebooks(tmp_path):
     """The embedded models are converted before the notebooks, in a measured child; the summary keeps that figure
