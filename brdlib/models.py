@@ -538,7 +538,6 @@ def mmap_threshold(kib: int | None) -> Iterator[None]:
     finally:
         if libc is not None:
             libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MAX_DYNAMIC_MMAP_THRESHOLD)
-            free_memory()
 
 
 def check_models(cfg: Config, prompt: str, max_new_tokens: int = 20) -> Any:

@@ -151,37 +151,41 @@ def _execute(pm: Any, notebook: Path, output: Path, profile: str, overrides: lis
     return ""
 
 
+def _source_cells(executed: Path) -> list[tuple[int, Any]]:
+    """The executed notebook's cells numbered 1-based as in the source notebook (papermill's cells left out)."""
+    import nbformat
+
+    cells = [c for c in nbformat.read(executed, as_version=4).cells
+             if not {"injected-parameters", "papermill-error-cell-tag"} & set(c.metadata.get("tags", []))]
+    return list(enumerate(cells, 1))
+
+
+def _cell_label(number: int, cell: Any) -> str:
+    return f"cell {number} (`{(cell.source.strip().splitlines() or [''])[0][:80]}`)"
+
+
 def cell_at(executed: Path, when: float | None) -> str | None:
     """'cell N (`first line`)' of the executed notebook's cell that was running at ``when`` (``time.time()``), from
-    papermill's start and end times; N counted 1-based without papermill's injected cell. None if none was."""
+    papermill's start and end times; None if none was."""
     import datetime as dt
-
-    import nbformat
 
     if when is None or not executed.is_file():
         return None
-    cells = [c for c in nbformat.read(executed, as_version=4).cells
-             if "injected-parameters" not in c.metadata.get("tags", [])]
-    for number, cell in enumerate(cells, 1):
+    for number, cell in _source_cells(executed):
         times = cell.metadata.get("papermill", {})
         if times.get("start_time") and times.get("end_time"):
             start, end = (dt.datetime.fromisoformat(times[k].replace("Z", "+00:00")).timestamp()
                           for k in ("start_time", "end_time"))
             if start <= when <= end:
-                return f"cell {number} (`{(cell.source.strip().splitlines() or [''])[0][:80]}`)"
+                return _cell_label(number, cell)
     return None
 
 
 def _failing_cell(executed: Path) -> str:
     """'cell N (`first line`)' of the cell that raised, N counted 1-based in the source notebook."""
-    import nbformat
-
-    cells = [c for c in nbformat.read(executed, as_version=4).cells
-             if not {"injected-parameters", "papermill-error-cell-tag"} & set(c.metadata.get("tags", []))]
-    for number, cell in enumerate(cells, 1):
+    for number, cell in _source_cells(executed):
         if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-            first = (cell.source.strip().splitlines() or [""])[0]
-            return f"cell {number} (`{first[:80]}`)"
+            return _cell_label(number, cell)
     return "a cell"
 
 
