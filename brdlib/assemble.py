@@ -393,18 +393,16 @@ def token_stats(lengths: Sequence[int]) -> dict[str, float | int]:
 
 def student_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     """The profile's student tokenizer, without loading the model's weights."""
-    from brdlib.models import resolve_spec, tiny_tokenizer
+    from brdlib.models import pretrained_tokenizer, resolve_spec, tiny_tokenizer
 
     resolved = resolve_spec(cfg.models.student)
     if resolved.kind == "tiny-random":
         return tiny_tokenizer()
-    from transformers import AutoTokenizer
-
     if resolved.kind == "embedded":
         from brdlib.embedded import tokenizer_dir
 
-        return AutoTokenizer.from_pretrained(str(tokenizer_dir(resolved.source)))
-    return AutoTokenizer.from_pretrained(resolved.source)
+        return pretrained_tokenizer(str(tokenizer_dir(resolved.source)))
+    return pretrained_tokenizer(resolved.source)
 
 
 # Saving, loading, idempotence ----------------------------------------------------------------------------

@@ -125,43 +125,6 @@ class Backend(ABC):
 # transformers -------------------------------------------------------------------------------------
 
 
-def make_weights_resident(model: Any) -> int:
-    """Copy CPU parameters that are memory-mapped from their safetensors file into process memory.
-
-    transformers maps safetensors files rather than reading them; when the kernel reclaims those
-    file pages (as these VMs do under memory pressure) every decoding step reads the weights from
-    disk again, which we measured 7x slower per step on the smoke teacher. Returns the bytes copied.
-    """
-    import torch
-
-    mapped = _file_mapped_ranges()
-    copied = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.device.type == "cpu" and _in_ranges(p.data_ptr(), mapped):
-                p.data = p.data.clone()
-                copied += p.numel() * p.element_size()
-    return copied
-
-
-def _file_mapped_ranges() -> list[tuple[int, int]]:
-    """Address ranges of this process mapped from .safetensors files (Linux; elsewhere none are found)."""
-    ranges = []
-    try:
-        with open("/proc/self/maps") as fh:
-            for line in fh:
-                if line.rstrip().endswith(".safetensors"):
-                    lo, hi = line.split()[0].split("-")
-                    ranges.append((int(lo, 16), int(hi, 16)))
-    except OSError:
-        pass
-    return ranges
-
-
-def _in_ranges(address: int, ranges: list[tuple[int, int]]) -> bool:
-    return any(lo <= address < hi for lo, hi in ranges)
-
-
 class TransformersBackend(Backend):
     """Batched ``model.generate``: length-sorted, padded batches, KV cache, shared-prefix cache.
 
@@ -176,9 +139,7 @@ class TransformersBackend(Backend):
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, prefix_cache: bool = True) -> None:
         super().__init__(loaded.spec, batch_size)
-        self.loaded = loaded
-        if loaded.device == "cpu":
-            make_weights_resident(loaded.model)
+        self.loaded = loaded  # on CPU, load_model made its weights resident (models.make_weights_resident)
         self.prefix_cache = prefix_cache
         self._prefix_ids: tuple[int, ...] = ()
         self._prefix_kv: Any = None

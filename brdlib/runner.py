@@ -43,7 +43,7 @@ class PeakMemory:
     in the ``with`` block: their summed RSS sampled every ``interval`` seconds, and each child's own kernel-kept
     peak (Linux ``VmHWM``), so a spike shorter than the interval in one process is not missed."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
         self.interval, self.peak_bytes = interval, 0
         self.peak_at: float | None = None  # wall-clock time (time.time()) of the highest summed sample
         self._peak_total = 0

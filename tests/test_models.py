@@ -179,3 +179,74 @@ def test_mmap_threshold_returns_freed_blocks_to_the_system():
 
     assert freed("256") >= 190
     assert freed("none") <= 20
+
+
+def test_load_model_weights_are_resident_not_mapped_from_the_file(tmp_path):
+    """On CPU the weights are read through the file mapping and copied out (make_weights_resident): pages of a
+    mapped file that the kernel reclaims would be read from disk again at every forward pass."""
+    from safetensors.torch import load_file
+
+    from brdlib.models import _file_mapped_ranges, _in_ranges
+
+    folder = materialize("tiny-random:3", tmp_path / "m")
+    loaded = load_model(str(folder), device="cpu", dtype="float32")
+    mapped = _file_mapped_ranges()
+    params = dict(loaded.model.named_parameters())
+    assert not [n for n, p in params.items() if _in_ranges(p.data_ptr(), mapped)]
+    saved = load_file(folder / "model.safetensors")
+    assert all(torch.equal(params[n], t) for n, t in saved.items() if n in params)
+
+
+def test_plain_from_pretrained_maps_the_file_so_the_check_above_can_fail(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from brdlib.models import _file_mapped_ranges, _in_ranges
+
+    folder = materialize("tiny-random:3", tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    mapped = _file_mapped_ranges()
+    assert any(_in_ranges(p.data_ptr(), mapped) for p in model.parameters())
+
+
+def test_pretrained_tokenizer_is_built_once_per_tokenizer_files(tmp_path):
+    import shutil
+
+    from brdlib.models import pretrained_tokenizer
+
+    a = materialize("tiny-random-gpt2:0", tmp_path / "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    (b / "model.safetensors").unlink()  # weights and other files do not matter
+    assert pretrained_tokenizer(str(a)) is pretrained_tokenizer(str(b))
+    c = materialize("tiny-random-llama:0", tmp_path / "c")
+    assert pretrained_tokenizer(str(c)) is not pretrained_tokenizer(str(a))
+    assert pretrained_tokenizer(str(a)).pad_token is not None
+
+
+FREE_MEMORY_PROBE = """
+import gc, weakref
+from brdlib.models import build_tiny_random, free_memory
+
+class Cycle:
+    pass
+
+model, _ = build_tiny_random(0)
+alive = weakref.ref(model)
+gc.disable()  # only free_memory collects
+del model
+assert alive() is None, "a dropped model is freed by reference counting"
+free_memory()
+assert gc.get_freeze_count() > 0
+made_after = Cycle()
+made_after.me = made_after
+after = weakref.ref(made_after)
+del made_after
+free_memory()
+assert after() is None, "a cycle made after the freeze is collected"
+print("ok")
+"""
+
+
+def test_free_memory_freezes_survivors_and_still_collects_what_is_made_after():
+    out = subprocess.run([sys.executable, "-c", FREE_MEMORY_PROBE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
