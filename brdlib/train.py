@@ -660,6 +660,7 @@ def run_and_save(trainer: Any, state: Any, model: Any, out: Path, resume: Path |
     if not has_weights(tmp):
         raise TrainError(f"training finished but no model weights were written to {tmp}; no summary is written "
                          "beside nothing (under FSDP the final save needs a full state dict)")
+    state.wait_for_everyone()  # every process has looked before the main one moves the folder into place
     return result, seconds, tmp, start_step, start_tokens
 
 

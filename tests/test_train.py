@@ -36,6 +36,7 @@ from brdlib.train import (
     peak_flops,
     per_device_batch,
     resolve_init,
+    run_and_save,
     student_dir,
     train_student,
     training_table,
@@ -317,7 +318,8 @@ def test_ddp_two_cpu_processes_trains_the_same_model(tiny_brd, tmp_path):
            "--variant", "brd", "--name", "ddp"]
     run = subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:") or "Error:" in ln]
+    assert run.returncode == 0, "\n".join(errors[:10]) + "\n...\n" + run.stderr[-3000:]
     ddp = load_summary(cfg, "ddp")
     assert ddp["world_size"] == 2 and ddp["per_device_batch"] == 1 and ddp["steps"] == 4
     single = train_student(cfg, "brd", "single", progress=False)
@@ -496,3 +498,39 @@ def test_xglm_with_gradient_checkpointing_trains_as_without(tiny_brd, tmp_path):
     assert [h["loss"] for h in summaries[0]["log_history"]] == pytest.approx(
         [h["loss"] for h in summaries[1]["log_history"]], abs=1e-6)
     _assert_same_weights(student_dir(tiny_brd, "xglm_false"), student_dir(tiny_brd, "xglm_true"), atol=1e-6)
+
+
+def test_no_process_checks_the_saved_weights_after_the_main_one_moved_them(tmp_path, monkeypatch):
+    """run_and_save: under DDP the main process moves ``.<name>.tmp`` into place as soon as run_and_save returns; a
+    slower process that looked for the weights after that found none ("no model weights were written", ~1 run in 4
+    of test_ddp_two_cpu_processes_trains_the_same_model). Every process must have looked before anyone returns."""
+    import types
+
+    import brdlib.train as train_module
+
+    events: list[str] = []
+
+    class State:
+        is_main_process = False
+
+        def wait_for_everyone(self) -> None:
+            events.append("barrier")
+
+    class Trainer:
+        def train(self, resume_from_checkpoint=None):
+            return "result"
+
+        def save_model(self, folder):
+            events.append("save")
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "model.safetensors").write_bytes(b"")
+
+    def looked(folder):
+        events.append("check")
+        return True
+
+    monkeypatch.setattr(train_module, "has_weights", looked)
+    model = types.SimpleNamespace(config=types.SimpleNamespace(use_cache=False))
+    out = run_and_save(Trainer(), State(), model, tmp_path / "student", None)
+    assert out[0] == "result" and out[2] == tmp_path / ".student.tmp"
+    assert events[events.index("check"):] == ["check", "barrier"]
