@@ -196,15 +196,10 @@ def table6_accuracy(accuracy: pd.DataFrame, students: Mapping[str, str]) -> pd.D
 # KD baselines (Table 3 middle block, Table 4) -------------------------------------------------------------------
 
 
-def kd_students(cfg: Config) -> dict[str, str] | None:
-    """``brdlib.kd.ensure_kd_students(cfg)`` (roles ``skd``, ``minillm`` -> model references), or None with a
-    printed reason when brdlib.kd is not available."""
-    try:
-        from brdlib.kd import ensure_kd_students
-    except ImportError as err:
-        print(f"KD baselines skipped: brdlib.kd is not available ({err}); Table 3 shows no SKD/MiniLLM rows "
-              "and Table 4 is not built.")
-        return None
+def kd_students(cfg: Config) -> dict[str, str]:
+    """``brdlib.kd.ensure_kd_students(cfg)``: roles ``skd``, ``minillm`` -> model references, checked."""
+    from brdlib.kd import ensure_kd_students
+
     refs = dict(ensure_kd_students(cfg))
     missing = [r for r in KD_ROLES if r not in refs]
     if missing:

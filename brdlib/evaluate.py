@@ -264,11 +264,6 @@ def bootstrap_ci_of_task_mean(groups: Sequence[np.ndarray], samples: int = 1000,
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def table_task(task: str) -> str:
-    """The paper's column a task belongs to: BIG-bench tasks go to ``bigbench_avg``."""
-    return BIGBENCH_AVG if task.startswith("bigbench:") else task
-
-
 def _count(frame: pd.DataFrame, column: str) -> int | None:
     """How many rows of ``frame`` have ``column`` true; None when the frame has no such column (older predictions)."""
     return int(frame[column].sum()) if column in frame.columns else None

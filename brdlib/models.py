@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from brdlib.config import Config
 
 SpecKind = Literal["tiny-random", "tiny-arch", "embedded", "local", "hub"]
-TINY_RANDOM = "tiny-random"
 _TINY_RE = re.compile(r"^tiny-random(?::(\d+))?$")
 _TINY_ARCH_RE = re.compile(r"^tiny-random-(xglm|llama|gpt2)(?::(\d+))?$")
 _HUB_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import sys
 
 import numpy as np
 import pandas as pd
@@ -219,16 +218,16 @@ def test_table6_maps_subset_students_to_the_papers_roles():
         "teacher": 1, "second_teacher": 2, "student_base": 3, "brd": 5, "brd_second_teacher": 6}  # not the main brd
 
 
-def test_blind_models_and_missing_kd(cfg, monkeypatch, capsys):
+def test_blind_models_and_kd_roles_are_checked(cfg, monkeypatch):
     assert blind.blind_models(cfg) == {"teacher": "teacher", "student_base": "student", "brd": "brd",
                                        "further": "further"}
     smoke = load_config("smoke")
     assert blind.blind_models(smoke)["second_teacher"] == "second_teacher"
     paper = load_config("paper")
     assert {"second_teacher", "large_baseline"} <= set(blind.blind_models(paper))
-    monkeypatch.setitem(sys.modules, "brdlib.kd", None)  # import fails as if the module were missing
-    assert blind.kd_students(cfg) is None
-    assert "KD baselines skipped" in capsys.readouterr().out
+    monkeypatch.setattr("brdlib.kd.ensure_kd_students", lambda cfg_: {"skd": "a"})  # a role missing
+    with pytest.raises(blind.BlindError, match="expected the roles"):
+        blind.kd_students(cfg)
 
 
 def test_evaluate_blind_scores_bigbench_only_for_table3_rows(cfg, monkeypatch):

@@ -40,9 +40,17 @@ def direct_kl(p: list[float], q: list[float]) -> float:
 # The loss ---------------------------------------------------------------------------------------------------
 
 
-def test_kd_kinds_are_the_two_baselines():
-    assert set(KD_KINDS) == {"skd", "minillm"}
-    assert "forward KL" in KD_KINDS["skd"] and "reverse KL" in KD_KINDS["minillm"]
+def test_kd_released_must_name_each_kd_kind():
+    """Config validation of ``kd.released`` follows brdlib.kd's kinds: one missing or one unknown is refused."""
+    from brdlib.config import Config
+
+    base = load_config("tiny").model_dump()
+    with pytest.raises(ValueError, match="exactly the KD kinds skd, minillm"):
+        Config.model_validate({**base, "kd": {**base["kd"], "released": {"skd": "a/b"}}})
+    with pytest.raises(ValueError, match="exactly the KD kinds"):
+        Config.model_validate({**base, "kd": {**base["kd"], "released": {"skd": "a/b", "minillm": "c/d", "x": "e/f"}}})
+    ok = Config.model_validate({**base, "kd": {**base["kd"], "released": {"skd": "a/b", "minillm": "c/d"}}})
+    assert ok.kd.released == {"skd": "a/b", "minillm": "c/d"}
 
 
 @pytest.mark.parametrize("kind", list(KD_KINDS))
