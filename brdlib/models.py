@@ -504,8 +504,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Loaded
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         if device == "cpu":
             # Mapped, then copied into process memory (make_weights_resident): one copy of the file's pages. Reading
-            # the file instead (``disable_mmap``) copies twice, into a buffer and out of it: loading the 0.5B
-            # model took 6.8 s that way, 0.6 s this way; about 100 s of a smoke run went to loading.
+            # the file instead (``disable_mmap``) copies twice, into a buffer and out of it: ~100 s of a smoke run
+            # (py-spy). bench/repeated_loads.py: the 0.5B in bf16 loaded and freed again 2.24 -> 0.54 s.
             make_weights_resident(model)
         source = path
     if tokenizer.pad_token is None:
