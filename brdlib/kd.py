@@ -182,10 +182,10 @@ def kd_texts(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return [r["text"] for r in rows]
 
 
-def kd_gradient_checkpointing(cfg: Config) -> bool:
-    """``kd.gradient_checkpointing``, else ``train.gradient_checkpointing``: for the KD students and their '+BRD'."""
-    k = cfg.kd.gradient_checkpointing
-    return cfg.train.gradient_checkpointing if k is None else k
+def kd_or_train(cfg: Config, key: str) -> Any:
+    """``kd.<key>``, else ``train.<key>`` where the KD one is unset: for the KD students and their '+BRD'."""
+    value = getattr(cfg.kd, key)
+    return getattr(cfg.train, key) if value is None else value
 
 
 def _teacher_dtype(cfg: Config) -> str:
@@ -375,6 +375,7 @@ def train_kd_student(
         last_complete_checkpoint,
         optimizer_arguments,
         per_device_batch,
+        run_and_save,
         student_dir,
     )
 
@@ -424,7 +425,7 @@ def train_kd_student(
         fp16=device == "cuda" and dtype == "float16", use_cpu=device == "cpu", seed=cfg.seed, data_seed=cfg.seed,
         include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=not progress,
         dataloader_num_workers=0, ddp_find_unused_parameters=False, ddp_timeout=cfg.train.ddp_timeout,
-        remove_unused_columns=False, **checkpointing_argument(kd_gradient_checkpointing(cfg)),
+        remove_unused_columns=False, **checkpointing_argument(kd_or_train(cfg, "gradient_checkpointing")),
     )
     trainer = _make_kd_trainer_class()(
         model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
@@ -439,10 +440,7 @@ def train_kd_student(
     trainer.kd_kind, trainer.kd_temperature, trainer.kd_vocab = kind, k.temperature, plan.vocab_size
     log.info("KD %s: %s -> %s, %d steps, %d blocks of %d, resume=%s", kind, plan.teacher_spec, plan.student_spec,
              k.max_steps, packing.blocks, k.max_length, resume)
-    from brdlib.train import run_and_save
-
-    threshold = cfg.kd.mmap_threshold_kib if cfg.kd.mmap_threshold_kib is not None else cfg.train.mmap_threshold_kib
-    with mmap_threshold(threshold):
+    with mmap_threshold(kd_or_train(cfg, "mmap_threshold_kib")):
         result, seconds, tmp, start_step, start_tokens = run_and_save(trainer, state, model, out, resume)
     if state.is_main_process:
         history = [h for h in trainer.state.log_history if "loss" in h]
@@ -461,7 +459,8 @@ def train_kd_student(
             "optim": k.optim,
             "packing": packing.as_dict(), "epochs": round(trainer.state.epoch or 0.0, 3),
             "loss_mode": f"{kind}: {'forward' if kind == 'skd' else 'reverse'} KL, T={k.temperature:g}",
-            "device": device, "mixed_precision": mixed, "gradient_checkpointing": kd_gradient_checkpointing(cfg),
+            "device": device, "mixed_precision": mixed,
+            "gradient_checkpointing": kd_or_train(cfg, "gradient_checkpointing"),
             "resumed_from_step": start_step, "session_seconds": round(seconds, 1),
             "seconds_per_step": round(seconds / max(1, trainer.state.global_step - start_step), 2),
             "session_tokens": int(session_tokens),

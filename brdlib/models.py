@@ -508,9 +508,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Loaded
             # (py-spy). bench/repeated_loads.py: the 0.5B in bf16 loaded and freed again 2.24 -> 0.54 s.
             make_weights_resident(model)
         source = path
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = model.to(device)
+    model = model.to(device)  # the tokenizer has a pad token: tiny_tokenizer's own, or eos (pretrained_tokenizer)
     model.eval()
     return LoadedModel(spec, resolved.kind, source, model, tokenizer, time.perf_counter() - start)
 
