@@ -90,7 +90,7 @@ def run_device(cfg, device: str, prompts: list[str], params: DecodingParams, pre
     closers = []
     if device == "cpu" and llamacpp_available():
         from brdlib.embedded import gguf_path
-        from brdlib.models import embedded_name
+        from brdlib.specs import embedded_name
 
         name = embedded_name(cfg.models.teacher)
         if name:

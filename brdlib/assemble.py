@@ -42,7 +42,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
+
+from brdlib.records import BEHAVIOURS, BehaviourRecord, Passage
 
 if TYPE_CHECKING:
     import datasets
@@ -58,7 +60,6 @@ ASSEMBLE_FORMAT_VERSION = 1
 """Bump when the passage format changes, so older saved variants are rebuilt."""
 
 KINDS: tuple[str, ...] = ("ori", "ner", "qra")
-BEHAVIOURS: tuple[str, ...] = ("ner", "qra")
 SEP_EOS = "eos"
 
 PAPER_FORMATS: dict[str, str] = {
@@ -71,34 +72,6 @@ PAPER_FORMATS: dict[str, str] = {
 
 class AssembleError(ValueError):
     """Inputs that cannot be assembled: an unknown variant, or behaviours that do not match the passages."""
-
-
-# Inputs: the shapes of brdlib.corpus.Passage and brdlib.teacher.BehaviourRecord --------------------------
-
-
-class PassageLike(Protocol):
-    passage_id: str
-    doc_id: str
-    sentences: tuple[str, ...]
-    source: str
-
-
-@dataclass(frozen=True)
-class _PassageView:
-    passage_id: str
-    doc_id: str
-    sentences: tuple[str, ...]
-    source: str
-
-
-class BehaviourLike(Protocol):
-    key: str
-    behaviour: str
-    passage_id: str
-    sentence_index: int
-    sentence: str
-    response: str
-    drop_reason: str | None
 
 
 # Variants ----------------------------------------------------------------------------------------------
@@ -222,7 +195,7 @@ class AnnotationIndex:
         return self.kept.get((passage_id, index, behaviour))
 
 
-def index_behaviours(behaviours: Iterable[BehaviourLike], passages: Sequence[PassageLike]) -> AnnotationIndex:
+def index_behaviours(behaviours: Iterable[BehaviourRecord], passages: Sequence[Passage]) -> AnnotationIndex:
     """Check each record against its passage and index the kept responses.
 
     A record of an unknown behaviour, of a sentence index outside its passage, or whose sentence text differs
@@ -267,7 +240,7 @@ def index_behaviours(behaviours: Iterable[BehaviourLike], passages: Sequence[Pas
     return AnnotationIndex(kept, dropped, n)
 
 
-def _row(text: str, kind: str, passage: PassageLike, sentence_index: int, n_sentences: int,
+def _row(text: str, kind: str, passage: Passage, sentence_index: int, n_sentences: int,
          n_annotations: int) -> dict[str, Any]:
     return {
         "text": text,
@@ -280,7 +253,7 @@ def _row(text: str, kind: str, passage: PassageLike, sentence_index: int, n_sent
     }
 
 
-def choose_passages(passages: Sequence[PassageLike], fraction: float, seed: int) -> list[PassageLike]:
+def choose_passages(passages: Sequence[Passage], fraction: float, seed: int) -> list[Passage]:
     """The first ``fraction`` (at least one) of a seeded permutation of the passages, in corpus order.
 
     The permutation depends only on the seed and the passage ids, so a smaller share is a subset of a larger one.
@@ -310,7 +283,7 @@ class AssemblyCounts:
 
 
 def build_rows(
-    passages: Sequence[PassageLike],
+    passages: Sequence[Passage],
     annotations: AnnotationIndex,
     spec: VariantSpec,
     sep: str,
@@ -416,7 +389,7 @@ def passages_dir(cfg: Config, name: str) -> Path:
 
 
 def inputs_fingerprint(
-    passages: Sequence[PassageLike], annotations: AnnotationIndex, spec: VariantSpec, sep: str, seed: int,
+    passages: Sequence[Passage], annotations: AnnotationIndex, spec: VariantSpec, sep: str, seed: int,
     tokenizer_name: str,
 ) -> str:
     """Hash of everything a variant is built from; a saved variant with another fingerprint is stale."""
@@ -487,8 +460,8 @@ def assemble_variant(
     cfg: Config,
     variant: str,
     *,
-    passages: Sequence[PassageLike] | None = None,
-    behaviours: Iterable[BehaviourLike] | None = None,
+    passages: Sequence[Passage] | None = None,
+    behaviours: Iterable[BehaviourRecord] | None = None,
     teacher_role: str = "teacher",
     name: str | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -566,8 +539,8 @@ def all_variant_names(cfg: Config) -> list[str]:
     return list(dict.fromkeys([*VARIANTS, *size_variant_names(cfg)]))
 
 
-def teacher_behaviours(cfg: Config, passages: Sequence[PassageLike], teacher_role: str = "teacher",
-                       generate_missing: bool = True) -> list[BehaviourLike]:
+def teacher_behaviours(cfg: Config, passages: Sequence[Passage], teacher_role: str = "teacher",
+                       generate_missing: bool = True) -> list[BehaviourRecord]:
     """The teacher stage's records for ``passages``; with ``generate_missing``, whatever stage 01 has not produced
     yet is generated first (:func:`brdlib.teacher.run_teacher` reuses every finished record), so a stage run on
     its own still finds its inputs."""
@@ -582,8 +555,8 @@ def assemble_all(
     cfg: Config,
     variants: Sequence[str] | None = None,
     *,
-    passages: Sequence[PassageLike] | None = None,
-    behaviours: Iterable[BehaviourLike] | None = None,
+    passages: Sequence[Passage] | None = None,
+    behaviours: Iterable[BehaviourRecord] | None = None,
     teacher_role: str = "teacher",
     generate_missing: bool = True,
 ) -> list[dict[str, Any]]:
@@ -614,7 +587,7 @@ def assemble_all(
 
 
 def passage_examples(
-    passages: Sequence[PassageLike], behaviours: Iterable[BehaviourLike], sep: str, max_sentences: int = 3,
+    passages: Sequence[Passage], behaviours: Iterable[BehaviourRecord], sep: str, max_sentences: int = 3,
 ) -> pd.DataFrame:
     """One example of each passage type, beside the paper's description: the first passage whose first
     ``max_sentences`` sentences all carry both annotations (else the one with the most), cut to those sentences."""
@@ -622,14 +595,14 @@ def passage_examples(
 
     index = index_behaviours(behaviours, passages)
 
-    def annotated(p: PassageLike) -> int:
+    def annotated(p: Passage) -> int:
         n = min(max_sentences, len(p.sentences))
         return sum(index.get(p.passage_id, i, b) is not None for i in range(n) for b in BEHAVIOURS)
 
     if not passages:
         raise AssembleError("no passages to take an example from")
     best = max(passages, key=annotated)  # max keeps the first of ties, i.e. corpus order
-    cut = _PassageView(best.passage_id, best.doc_id, tuple(best.sentences[:max_sentences]), best.source)
+    cut = Passage(best.passage_id, best.doc_id, tuple(best.sentences[:max_sentences]), best.source)
     rows, _ = build_rows([cut], index, VARIANTS["brd"], sep, seed=0)
     text = {r["kind"]: r["text"] for r in rows}
     return pd.DataFrame([

@@ -731,7 +731,7 @@ def resolve_backend_name(cfg: Config, role: str = "teacher") -> str:
     'auto' takes vllm only when it is installed and the device is CUDA, and llama.cpp only when
     xllamacpp is installed, the device is CPU and the model has a GGUF file (an embedded model).
     """
-    from brdlib.models import embedded_name
+    from brdlib.specs import embedded_name
 
     chosen = cfg.teacher.backend
     if chosen != "auto":

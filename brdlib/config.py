@@ -20,6 +20,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from brdlib.records import KD_KINDS, parse_shard
+from brdlib.specs import validate_spec
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 FIXTURE_MIRROR_DIR = REPO_ROOT / "tests" / "fixtures" / "mirror"
@@ -49,15 +52,11 @@ class ModelsConfig(_Strict):
     @field_validator("teacher", "student")
     @classmethod
     def _spec_known(cls, value: str) -> str:
-        from brdlib.models import validate_spec
-
         return validate_spec(value)
 
     @field_validator("extra")
     @classmethod
     def _extra_known(cls, value: dict[str, str]) -> dict[str, str]:
-        from brdlib.models import validate_spec
-
         return {role: validate_spec(spec) for role, spec in value.items()}
 
     def roles(self) -> dict[str, str]:
@@ -236,8 +235,6 @@ class TeacherConfig(_Strict):
     @field_validator("shard")
     @classmethod
     def _shard_form(cls, value: str) -> str:
-        from brdlib.teacher import parse_shard
-
         i, n = parse_shard(value)
         return f"{i}/{n}"
 
@@ -439,9 +436,6 @@ class KDConfig(_Strict):
     def _released_kinds(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         if value is None:
             return None
-        from brdlib.kd import KD_KINDS
-        from brdlib.models import validate_spec
-
         if set(value) != set(KD_KINDS):
             raise ValueError(f"kd.released must name exactly the KD kinds {', '.join(KD_KINDS)}; got {sorted(value)}")
         return {kind: validate_spec(spec) for kind, spec in value.items()}

@@ -56,6 +56,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from brdlib.records import Document, Passage
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -102,25 +104,6 @@ TRICKY_CASES: tuple[str, ...] = (
 
 class CorpusError(ValueError):
     """A corpus that cannot be read: unknown name, missing file, or a malformed record (named)."""
-
-
-@dataclass(frozen=True)
-class Passage:
-    """k consecutive sentences of one document: the unit the teacher reads sentence by sentence."""
-
-    passage_id: str  # stable: f"{corpus}-{doc_index:06d}-{k:03d}", doc_index in the source's own order
-    doc_id: str
-    sentences: tuple[str, ...]
-    source: str  # e.g. "c4 (stand-in for CC-100)"
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document of a source: its index in the source's own order, an id, and its paragraphs."""
-
-    index: int
-    doc_id: str
-    paragraphs: tuple[str, ...]
 
 
 @dataclass

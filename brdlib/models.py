@@ -33,58 +33,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from brdlib.embedded import EMBEDDED_MODELS, cache_dir, ensure_converted
+from brdlib.embedded import ensure_converted
+from brdlib.specs import (
+    TINY_ARCH_RE,
+    TINY_ARCH_VERSION,
+    TINY_ARCHS,
+    TINY_XGLM_VOCAB,
+    ResolvedSpec,
+    SpecKind,
+    classify_spec,
+    embedded_name,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from brdlib.config import Config
-
-SpecKind = Literal["tiny-random", "tiny-arch", "embedded", "local", "hub"]
-_TINY_RE = re.compile(r"^tiny-random(?::(\d+))?$")
-_TINY_ARCH_RE = re.compile(r"^tiny-random-(xglm|llama|gpt2)(?::(\d+))?$")
-_HUB_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-@dataclass(frozen=True)
-class ResolvedSpec:
-    """What a spec string names, and where its weights come from."""
-
-    spec: str
-    kind: SpecKind
-    source: str  # directory (tiny-arch: its cache directory), hub id, embedded name, or tiny-random seed
-
-
-_ACCEPTED = ("'tiny-random[:seed]', 'tiny-random-<arch>[:seed]' (arch: xglm, llama, gpt2), an embedded model name, "
-             "a directory or a hub id")
-
-
-def classify_spec(spec: str) -> ResolvedSpec:
-    """What a spec names, without building or loading anything (a tiny-arch source is its cache directory,
-    which :func:`resolve_spec` fills); an unrecognised spec fails with the accepted forms."""
-    text = spec.strip()
-    if not text:
-        raise ValueError(f"empty model spec; accepted: {_ACCEPTED}")
-    if m := _TINY_RE.match(text):
-        return ResolvedSpec(text, "tiny-random", m.group(1) or "0")
-    if m := _TINY_ARCH_RE.match(text):
-        return ResolvedSpec(text, "tiny-arch", str(tiny_arch_dir(m.group(1), int(m.group(2) or 0))))
-    if text in EMBEDDED_MODELS:
-        return ResolvedSpec(text, "embedded", text)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return ResolvedSpec(text, "local", str(path.resolve()))
-    if text.startswith((".", "/", "~")):
-        raise ValueError(f"model directory {text!r} does not exist")
-    if _HUB_RE.match(text):
-        return ResolvedSpec(text, "hub", text)
-    raise ValueError(
-        f"unknown model spec {spec!r}; accepted: 'tiny-random' or 'tiny-random:<seed>', "
-        f"'tiny-random-<arch>[:<seed>]' with arch one of {', '.join(TINY_ARCHS)}, an embedded model "
-        f"({', '.join(EMBEDDED_MODELS)}), an existing local directory, or a hub id such as 'facebook/xglm-564M'"
-    )
 
 
 def resolve_spec(spec: str) -> ResolvedSpec:
@@ -93,17 +59,6 @@ def resolve_spec(spec: str) -> ResolvedSpec:
     if resolved.kind == "tiny-arch":
         ensure_tiny_dir(resolved.spec)
     return resolved
-
-
-def validate_spec(spec: str) -> str:
-    """Check a spec at config-load time without loading or building anything; return it stripped."""
-    return classify_spec(spec).spec
-
-
-def embedded_name(spec: str) -> str | None:
-    """The embedded model a spec names, or None."""
-    resolved = classify_spec(spec)
-    return resolved.source if resolved.kind == "embedded" else None
 
 
 def embedded_dtypes(cfg: Config) -> dict[str, list[str]]:
@@ -191,22 +146,6 @@ def build_tiny_random(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokeniz
 
 # Tiny random models of the paper's architectures (the rehearsal profile) --------------------------------
 
-TINY_ARCHS: dict[str, str] = {
-    "xglm": "XGLMForCausalLM (the paper's student, XGLM-564M): XGLM's own tokenizer class, whose post-processor "
-            "prepends </s>; sinusoidal positions, 256 of them; a vocabulary of 100,008 (XGLM: 256,008), at least "
-            "train.chunked_loss_min_vocab, so that train.loss=auto takes the chunked loss",
-    "llama": "LlamaForCausalLM (the paper's teachers, Vicuna-13B and Llama-3.1-8B): Llama's tokenizer class, "
-             "which prepends <s> (byte fallback, as Vicuna's); 4,096 positions",
-    "gpt2": "GPT2LMHeadModel (the paper's KD students, GPT-2 760M with 1,024 positions): GPT-2's byte-level BPE "
-            "tokenizer, which adds no start token; 64 positions, fewer than the rehearsal's blocks and prompts",
-}
-"""What each ``tiny-random-<arch>`` spec keeps of the real architecture (all: 2 layers, random weights)."""
-TINY_XGLM_VOCAB = 100_008
-"""The tiny XGLM's vocabulary: its trained pieces, unused filler pieces, and XGLM's 7 ``<madeupword>`` tokens.
-The tokenizer itself is that large (as XGLM's is: ``len(tokenizer) == config.vocab_size``), so nothing sees a
-model whose logits outnumber its tokenizer."""
-TINY_ARCH_VERSION = 2
-"""Bump when a tiny-arch builder changes, so directories built by an older one are not reused."""
 TINY_MARKER = "brd_tiny_model.json"
 
 
@@ -303,11 +242,6 @@ def build_tiny_arch(arch: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrain
     return model, tokenizer
 
 
-def tiny_arch_dir(arch: str, seed: int) -> Path:
-    """Where ``tiny-random-<arch>:<seed>`` is kept in brd's cache (``$BRD_CACHE_DIR``, else ``~/.cache/brd``)."""
-    return cache_dir() / "tiny-models" / f"{arch}-seed{seed}-v{TINY_ARCH_VERSION}"
-
-
 def materialize(spec: str, folder: str | Path) -> Path:
     """Save a tiny random model (``tiny-random[:seed]`` or ``tiny-random-<arch>[:seed]``) with its tokenizer as a
     model directory (``save_pretrained``), for what needs a path: vLLM, ``accelerate launch``, other tools."""
@@ -316,7 +250,7 @@ def materialize(spec: str, folder: str | Path) -> Path:
         model, tokenizer = build_tiny_random(int(resolved.source))
         arch, seed = "tiny-random", int(resolved.source)
     elif resolved.kind == "tiny-arch":
-        m = _TINY_ARCH_RE.match(resolved.spec)
+        m = TINY_ARCH_RE.match(resolved.spec)
         assert m is not None
         arch, seed = m.group(1), int(m.group(2) or 0)
         model, tokenizer = build_tiny_arch(arch, seed)

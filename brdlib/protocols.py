@@ -60,13 +60,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brdlib.records import Passage
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
     from brdlib.config import Config
+    from brdlib.records import BehaviourRecord, TeacherItem
     from brdlib.tasks import Example
-    from brdlib.teacher import BehaviourRecord, RunStats, TeacherItem
+    from brdlib.teacher import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -343,14 +346,11 @@ def save_rows(cfg: Config, name: str, rows: Sequence[dict[str, Any]], descriptio
 
 
 @dataclass(frozen=True)
-class InputPassage:
-    """A task input as a passage (:class:`brdlib.assemble.PassageLike`): its fields' sentences, in order."""
+class InputPassage(Passage):
+    """A task input as a passage (``passage_id``: the example's id; ``doc_id``: the task), its fields' sentences
+    in order."""
 
-    passage_id: str  # the example's id
-    doc_id: str  # the task
-    sentences: tuple[str, ...]
-    source: str
-    fields: tuple[int, ...]  # which field (line of Example.text) each sentence comes from
+    fields: tuple[int, ...] = ()  # which field (line of Example.text) each sentence comes from
 
 
 def input_passage(example: Example) -> InputPassage:
@@ -394,7 +394,7 @@ def annotated_indices(fields: Sequence[int], cap: int | None) -> list[int]:
 
 def teacher_items(passages: Sequence[InputPassage], cap: int | None) -> list[TeacherItem]:
     """The sentences the teacher annotates (:func:`annotated_indices` of each passage) as teacher items."""
-    from brdlib.teacher import TeacherItem
+    from brdlib.records import TeacherItem
 
     return [TeacherItem(p.passage_id, i, p.sentences[i]) for p in passages for i in annotated_indices(p.fields, cap)]
 

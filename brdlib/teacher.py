@@ -31,51 +31,24 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from brdlib.backends import Backend, DecodingParams, Generation
 from brdlib.prompts import PromptTemplate, clean_response, get_template, normalize_input
+from brdlib.records import BEHAVIOURS, BehaviourRecord, Passage, TeacherItem, parse_shard
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from brdlib.config import Config
 
-BEHAVIOURS = ("ner", "qra")
 RECORD_FORMAT = 1
 STREAM_BLOCK = 50_000
 """Prompts per call of a streaming backend (vLLM): so many that a block's tail (its slowest completion, at most
 ``max_new_tokens`` decoding steps) is a small part of its time, few enough to render and send (~100 MB)."""
 
 
-@dataclass(frozen=True)
-class BehaviourRecord:
-    """One teacher response to one sentence of one passage (the contract of issue 5)."""
-
-    key: str  # hash of (model, template, decoding params, sentence)
-    behaviour: str  # "ner" | "qra"
-    passage_id: str
-    sentence_index: int  # position of the sentence in its passage
-    sentence: str
-    response: str  # cleaned response text ("" if dropped)
-    drop_reason: str | None  # None when kept; else "empty" | "repetition" | "echo" | "malformed"
-
-
-@dataclass(frozen=True)
-class TeacherItem:
-    """One sentence to read, and where it sits (a corpus passage, or a downstream task input)."""
-
-    passage_id: str
-    sentence_index: int
-    sentence: str
-
-
-class PassageLike(Protocol):
-    passage_id: str
-    sentences: Sequence[str]
-
-
-def items_from_passages(passages: Iterable[PassageLike]) -> list[TeacherItem]:
+def items_from_passages(passages: Iterable[Passage]) -> list[TeacherItem]:
     """Every sentence of every passage, in order (blank sentences skipped)."""
     return [TeacherItem(p.passage_id, i, s) for p in passages for i, s in enumerate(p.sentences) if s.strip()]
 
@@ -90,23 +63,6 @@ def items_from_texts(texts: Iterable[str], ids: Iterable[str] | None = None) -> 
 
 
 # Shards and keys ----------------------------------------------------------------------------------
-
-_SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-
-
-def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
-    """``"i/N"`` (or ``(i, N)``) as a pair, with 0 <= i < N."""
-    if isinstance(shard, tuple):
-        i, n = shard
-    else:
-        m = _SHARD_RE.match(str(shard))
-        if not m:
-            raise ValueError(f"shard {shard!r} is not of the form i/N (e.g. 0/1, 3/8)")
-        i, n = int(m[1]), int(m[2])
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard {i}/{n} is out of range: need N >= 1 and 0 <= i < N")
-    return i, n
-
 
 def shard_of(passage_id: str, n_shards: int) -> int:
     """The shard a passage belongs to: a stable hash of its id mod N (all its sentences go together)."""
@@ -558,7 +514,7 @@ def read_manifests(out_dir: Path) -> list[dict[str, Any]]:
 
 def run_teacher(
     cfg: Config,
-    items: Sequence[TeacherItem] | Iterable[PassageLike],
+    items: Sequence[TeacherItem] | Iterable[Passage],
     teacher_role: str = "teacher",
     backend: Backend | None = None,
     behaviours: Sequence[str] | None = None,
@@ -629,7 +585,7 @@ def _stats_from_disk(items: Sequence[TeacherItem], out: Path, model: str, params
 
 
 def load_behaviours(
-    cfg: Config, teacher_role: str = "teacher", passages: Iterable[PassageLike] | None = None
+    cfg: Config, teacher_role: str = "teacher", passages: Iterable[Passage] | None = None
 ) -> list[BehaviourRecord]:
     """Every record in the profile's teacher output directory: all shards, all behaviours.
 

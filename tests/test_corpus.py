@@ -15,7 +15,6 @@ from brdlib.config import load_config
 from brdlib.corpus import (
     CorpusError,
     CorpusStats,
-    Document,
     build_passages,
     corpus_label,
     iter_cc100_format,
@@ -25,6 +24,7 @@ from brdlib.corpus import (
     strip_brown_tags,
     undo_wikitext_spacing,
 )
+from brdlib.records import Document
 
 MIRROR = load_config("smoke").data.resolved_mirror_dir()
 needs_mirror = pytest.mark.skipif(

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import brdlib.embedded as emb
-from brdlib.embedded import COMPLETE_MARKER, EMBEDDED_MODELS, EmbeddedModel, EmbeddedModelError, GGUFPart
+from brdlib.embedded import COMPLETE_MARKER, EmbeddedModelError
+from brdlib.specs import EMBEDDED_MODELS, EmbeddedModel, GGUFPart
 
 
 def test_registry_is_pinned_and_consistent():

@@ -13,7 +13,6 @@ import torch
 from brdlib.config import ConfigError, load_config
 from brdlib.evaluate import resolve_model
 from brdlib.kd import (
-    KD_KINDS,
     KDError,
     ensure_kd_students,
     kd_loss,
@@ -25,6 +24,7 @@ from brdlib.kd import (
     train_kd_student,
 )
 from brdlib.models import build_tiny_random, load_model, tiny_tokenizer
+from brdlib.records import KD_KINDS
 from brdlib.train import IGNORE_INDEX, SUMMARY_FILE, TrainError, load_summary, student_dir, training_table
 
 

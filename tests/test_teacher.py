@@ -29,16 +29,13 @@ from brdlib.backends import (
 )
 from brdlib.config import load_config
 from brdlib.prompts import NER_TEMPLATE, QRA_TEMPLATE, TEMPLATES
+from brdlib.records import BEHAVIOURS, BehaviourRecord, TeacherItem, parse_shard
 from brdlib.teacher import (
-    BEHAVIOURS,
-    BehaviourRecord,
-    TeacherItem,
     drop_table,
     generate_behaviours,
     items_from_passages,
     items_from_texts,
     load_behaviours,
-    parse_shard,
     read_manifests,
     read_rows,
     record_key,

@@ -18,7 +18,8 @@ import pytest
 from brdlib.backends import DecodingParams, TransformersBackend, VllmBackend, make_backend, vllm_available
 from brdlib.config import load_config
 from brdlib.prompts import NER_TEMPLATE, TEMPLATES
-from brdlib.teacher import BEHAVIOURS, TeacherItem, generate_behaviours, read_manifests, read_rows
+from brdlib.records import BEHAVIOURS, TeacherItem
+from brdlib.teacher import generate_behaviours, read_manifests, read_rows
 
 if not vllm_available():
     if os.environ.get("BRD_REQUIRE_VLLM") == "1":
