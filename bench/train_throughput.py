@@ -29,8 +29,9 @@ from pathlib import Path
 
 def passages_for(profile: str, overrides: list[str], limit: int) -> tuple[list[str], str]:
     """Texts to train on and a line saying where they come from."""
-    from brdlib.assemble import VARIANTS, build_rows, index_behaviours, load_variant, passages_dir
+    from brdlib.assemble import VARIANTS, build_rows, index_behaviours, load_variant
     from brdlib.config import load_config
+    from brdlib.store import passages_dir
 
     cfg = load_config(profile, overrides)
     if (passages_dir(cfg, "brd") / "card.json").is_file():

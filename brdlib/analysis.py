@@ -96,7 +96,8 @@ def ensure_students(cfg: Config, refs: Mapping[str, str] = BLIND_ROLES, progress
 def ensure_variants(cfg: Config, variants: Sequence[str]) -> None:
     """Assemble the passage variants not assembled yet (running the teacher stage first where its outputs are
     missing, as :func:`brdlib.assemble.assemble_all` does)."""
-    from brdlib.assemble import assemble_all, passages_dir
+    from brdlib.assemble import assemble_all
+    from brdlib.store import passages_dir
 
     missing = [v for v in dict.fromkeys(variants) if not (passages_dir(cfg, v) / "card.json").is_file()]
     if missing:
@@ -671,7 +672,8 @@ def data_size_plan(cfg: Config) -> pd.DataFrame:
     (assembled here where missing). See the module docstring for the two step rules."""
     import pandas as pd
 
-    from brdlib.assemble import load_card, size_variant_name
+    from brdlib.assemble import size_variant_name
+    from brdlib.store import load_card
 
     fractions = data_size_fractions(cfg)
     mode = cfg.analysis.data_size_steps

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from brdlib.records import BEHAVIOURS, BehaviourRecord, Passage
+from brdlib.store import CARD_FILE, load_card, passages_dir, swap_into_place
 
 if TYPE_CHECKING:
     import datasets
@@ -381,13 +382,6 @@ def student_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
 # Saving, loading, idempotence ----------------------------------------------------------------------------
 
 
-def passages_dir(cfg: Config, name: str) -> Path:
-    """Where a variant is saved: ``cfg.data_dir/passages/<name>``."""
-    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", name):
-        raise AssembleError(f"variant name {name!r} is not a plain directory name (letters, digits, _ . -)")
-    return cfg.data_dir / "passages" / name
-
-
 def inputs_fingerprint(
     passages: Sequence[Passage], annotations: AnnotationIndex, spec: VariantSpec, sep: str, seed: int,
     tokenizer_name: str,
@@ -401,14 +395,6 @@ def inputs_fingerprint(
     for key in sorted(annotations.kept):
         h.update(json.dumps([*key, annotations.kept[key]]).encode())
     return h.hexdigest()[:16]
-
-
-def load_card(cfg: Config, name: str) -> dict[str, Any]:
-    """The card (counts and token statistics) of a saved variant."""
-    path = passages_dir(cfg, name) / "card.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"passage variant {name!r} is not assembled ({path} missing); run notebook 02")
-    return json.loads(path.read_text())
 
 
 def load_variant(cfg: Config, name: str) -> datasets.Dataset:
@@ -489,7 +475,7 @@ def assemble_variant(
     annotations = index_behaviours(behaviours, passages)
     tokenizer_name = f"{type(tokenizer).__name__}:{tokenizer.name_or_path or cfg.models.student}:{len(tokenizer)}"
     fingerprint = inputs_fingerprint(passages, annotations, spec, sep, cfg.seed, tokenizer_name)
-    card_path = out / "card.json"
+    card_path = out / CARD_FILE
     if not force and card_path.is_file() and json.loads(card_path.read_text()).get("fingerprint") == fingerprint:
         log.info("passage variant %s is up to date: %s", name, out)
         return out
@@ -498,7 +484,7 @@ def assemble_variant(
     for row, ids in zip(rows, encode_passages(tokenizer, [r["text"] for r in rows]), strict=True):
         row["n_tokens"] = len(ids)
     card = _card(name, spec, sep, cfg.seed, tokenizer_name, fingerprint, rows, counts, annotations, teacher_role)
-    _save_atomic(rows, card, out)
+    save_variant(rows, card, out)
     log.info("passage variant %s: %d rows, %d tokens -> %s", name, card["rows"], card["tokens"]["tokens"], out)
     return out
 
@@ -506,8 +492,9 @@ def assemble_variant(
 _COLUMNS = ("text", "kind", "passage_id", "doc_id", "sentence_index", "n_sentences", "n_annotations", "n_tokens")
 
 
-def _save_atomic(rows: list[dict[str, Any]], card: dict[str, Any], out: Path) -> None:
-    """Write the dataset and its card to a temporary folder, then swap it into place."""
+def save_variant(rows: list[dict[str, Any]], card: dict[str, Any], out: Path) -> None:
+    """Write a variant's dataset and its card to a temporary folder, then swap it into place (a crash leaves the
+    previous variant or none, never a half-written one). The one writer of the passage format (protocols too)."""
     import datasets
 
     columns = {c: [r[c] for r in rows] for c in _COLUMNS}
@@ -523,15 +510,8 @@ def _save_atomic(rows: list[dict[str, Any]], card: dict[str, Any], out: Path) ->
     if tmp.exists():
         shutil.rmtree(tmp)
     ds.save_to_disk(str(tmp))
-    (tmp / "card.json").write_text(json.dumps(card, indent=1))
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    (tmp / CARD_FILE).write_text(json.dumps(card, indent=1))
+    swap_into_place(tmp, out)
 
 
 def all_variant_names(cfg: Config) -> list[str]:

@@ -44,7 +44,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
 import re
 import warnings
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brdlib.records import Document, Passage
+from brdlib.store import artefact_dir, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -522,15 +522,8 @@ def corpus_paths(cfg: Config) -> tuple[Path, Path]:
     """Where the profile's passages (JSON lines) and their statistics (JSON) are cached."""
     d = cfg.data
     stem = f"passages_{d.corpus}_n{d.n_sentences}_k{d.sentences_per_passage}_seed{cfg.seed}_{corpus_cache_key(cfg)}"
-    folder = cfg.data_dir / "corpus"
+    folder = artefact_dir(cfg, "corpus")
     return folder / f"{stem}.jsonl", folder / f"{stem}.stats.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _read_passages(path: Path) -> list[Passage]:
@@ -567,8 +560,8 @@ def load_passages(cfg: Config, progress: bool = True) -> list[Passage]:
         progress=progress,
     )
     lines = "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in passages)
-    _write_atomic(passages_path, lines)
-    _write_atomic(stats_path, json.dumps(asdict(stats), indent=1))
+    write_text_atomic(passages_path, lines)
+    write_text_atomic(stats_path, json.dumps(asdict(stats), indent=1))
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(stats.dropped.items())) or "none"
     log.info(
         "corpus %s: %d passages, %d sentences; dropped %s",

@@ -301,7 +301,8 @@ def save_rows(cfg: Config, name: str, rows: Sequence[dict[str, Any]], descriptio
     """Save training rows (``text``, ``kind``, ``passage_id``, ``doc_id``, ...) as a dataset that
     :func:`brdlib.train.train_student` loads by ``name``: the format and card of :mod:`brdlib.assemble`'s variants
     (``data/<profile>/passages/<name>``). Rows are shuffled with ``cfg.seed``; an unchanged dataset is reused."""
-    from brdlib.assemble import _save_atomic, encode_passages, passages_dir, student_tokenizer, token_stats
+    from brdlib.assemble import encode_passages, save_variant, student_tokenizer, token_stats
+    from brdlib.store import passages_dir
 
     if not rows:
         raise ProtocolError(f"dataset {name!r} has no rows: nothing to train on")
@@ -337,7 +338,7 @@ def save_rows(cfg: Config, name: str, rows: Sequence[dict[str, Any]], descriptio
         "tokens_by_kind": {k: token_stats(v) for k, v in by_kind.items()},
         "token_share_by_kind": {k: round(sum(v) / total, 4) if total else 0.0 for k, v in by_kind.items()},
     }
-    _save_atomic(full, card, out)
+    save_variant(full, card, out)
     log.info("protocol dataset %s: %d rows, %d tokens -> %s", name, len(full), total, out)
     return out
 
@@ -459,7 +460,8 @@ def assemble_brd2(cfg: Config, passages: Sequence[InputPassage], records: Sequen
                   teacher_role: str = "teacher") -> dict[str, dict[str, Any]]:
     """The three BRD² datasets (:data:`BRD2_VARIANTS`) of task-input passages and their teacher records, built by
     :func:`brdlib.assemble.assemble_variant` as for the corpus; their cards by name."""
-    from brdlib.assemble import assemble_variant, load_card, student_tokenizer
+    from brdlib.assemble import assemble_variant, student_tokenizer
+    from brdlib.store import load_card
 
     tokenizer = student_tokenizer(cfg)
     cards = {}
@@ -473,7 +475,7 @@ def assemble_brd2(cfg: Config, passages: Sequence[InputPassage], records: Sequen
 def build_relaxed_data(cfg: Config, inputs: Mapping[str, Sequence[Example]], pseudo: pd.DataFrame,
                        progress: bool = True) -> dict[str, dict[str, Any]]:
     """Every dataset of notebook 05: TaskDistillation texts and the three BRD² variants; their cards by name."""
-    from brdlib.assemble import load_card
+    from brdlib.store import load_card
 
     save_rows(cfg, TASK_DISTILLATION_DATA, task_distillation_rows(inputs, pseudo),
               "TaskDistillation: each training input's prompt with the teacher's pseudo-answer")
@@ -484,7 +486,8 @@ def build_relaxed_data(cfg: Config, inputs: Mapping[str, Sequence[Example]], pse
 def build_supervised_data(cfg: Config, inputs: Mapping[str, Sequence[Example]],
                           progress: bool = True) -> dict[str, dict[str, Any]]:
     """Every dataset of notebook 06: SFT texts (gold answers) and BRD²-SFT (BRD² passages mixed with them)."""
-    from brdlib.assemble import load_card, load_variant
+    from brdlib.assemble import load_variant
+    from brdlib.store import load_card
 
     sft = sft_rows(inputs)
     save_rows(cfg, SFT_DATA, sft, "SFT: each training input's prompt with its gold answer")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from brdlib.backends import Backend, DecodingParams, Generation
 from brdlib.prompts import PromptTemplate, clean_response, get_template, normalize_input
 from brdlib.records import BEHAVIOURS, BehaviourRecord, Passage, TeacherItem, parse_shard
+from brdlib.store import artefact_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,7 +104,7 @@ def teacher_output_dir(cfg: Config, teacher_role: str = "teacher") -> Path:
     model = roles[teacher_role]
     fp = teacher_fingerprint(model, {b: decoding_params(cfg, b) for b in BEHAVIOURS})
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")[-60:]
-    return cfg.data_dir / "teacher" / f"{teacher_role}-{slug}-{fp}"
+    return artefact_dir(cfg, "teacher") / f"{teacher_role}-{slug}-{fp}"
 
 
 # Storage ------------------------------------------------------------------------------------------

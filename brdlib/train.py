@@ -615,7 +615,8 @@ def training_fingerprint(cfg: Config, variant_fingerprint: str, init_id: str, ma
 
 
 def _ensure_variant(cfg: Config, variant: str) -> dict[str, Any]:
-    from brdlib.assemble import VARIANTS, assemble_variant, load_card, passages_dir, variant_spec
+    from brdlib.assemble import VARIANTS, assemble_variant, variant_spec
+    from brdlib.store import load_card, passages_dir
 
     if not (passages_dir(cfg, variant) / "card.json").is_file():
         try:

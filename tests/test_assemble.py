@@ -19,16 +19,15 @@ from brdlib.assemble import (
     encode_passages,
     index_behaviours,
     is_sentiment_qra,
-    load_card,
     load_variant,
     passage_examples,
-    passages_dir,
     resolve_sep,
     size_variant_names,
     variant_spec,
 )
 from brdlib.config import load_config
 from brdlib.models import tiny_tokenizer
+from brdlib.store import StoreError, load_card, passages_dir
 
 SEP = " <sep> "
 
@@ -328,7 +327,7 @@ def test_assemble_all_and_tables(tmp_path):
 def test_missing_variant_error_names_the_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="'brd' is not assembled.*notebook 02"):
         load_card(tiny_cfg(tmp_path), "brd")
-    with pytest.raises(AssembleError, match="plain directory name"):
+    with pytest.raises(StoreError, match="plain directory name"):
         passages_dir(tiny_cfg(tmp_path), "../x")
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from brdlib import protocols as P
-from brdlib.assemble import load_card, load_variant
+from brdlib.assemble import load_variant
 from brdlib.config import load_config
 from brdlib.records import BehaviourRecord
+from brdlib.store import load_card
 from brdlib.tasks import Example
 
 
