@@ -55,6 +55,15 @@ if TYPE_CHECKING:
 
     from brdlib.config import Config
 
+__all__ = [
+    "ASSEMBLE_FORMAT_VERSION", "ATTITUDE_QUESTION_RE", "KINDS", "PAPER_FORMATS", "POLARITY_ANSWER_RE", "SEP_EOS",
+    "VARIANTS", "AnnotationIndex", "AssembleError", "AssemblyCounts", "VariantSpec", "all_variant_names",
+    "assemble_all", "assemble_variant", "build_rows", "cards_table", "choose_passages", "compose", "encode_passages",
+    "index_behaviours", "inputs_fingerprint", "is_sentiment_qra", "load_variant", "main", "passage_examples",
+    "resolve_sep", "save_variant", "size_variant_name", "size_variant_names", "split_question_answer",
+    "student_tokenizer", "teacher_behaviours", "token_length_figure", "token_stats", "variant_spec",
+]
+
 log = logging.getLogger(__name__)
 
 ASSEMBLE_FORMAT_VERSION = 1

@@ -40,6 +40,13 @@ if TYPE_CHECKING:
     from brdlib.config import Config
     from brdlib.models import LoadedModel
 
+__all__ = [
+    "BACKENDS", "VLLM_CHILD_CONNECT_S", "Backend", "DecodingParams", "Generation", "LlamaCppBackend",
+    "TransformersBackend", "VllmBackend", "VllmEngine", "check_vllm_python", "cut_at_stop", "llamacpp_available",
+    "llamacpp_request", "make_backend", "naive_generate", "resolve_backend_name", "vllm_available",
+    "vllm_child_main", "vllm_cpu_env", "vllm_engine_kwargs", "vllm_generation", "vllm_sampling_kwargs",
+]
+
 BACKENDS = ("transformers", "llamacpp", "vllm")
 
 

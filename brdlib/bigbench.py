@@ -64,6 +64,15 @@ if TYPE_CHECKING:
 
     from brdlib.config import Config
 
+__all__ = [
+    "BIGBENCH_SDIST", "BIGBENCH_SDIST_SHA256", "BIGBENCH_VERSION", "DEFAULT_CHOICE_PREFIX", "DEFAULT_INPUT_PREFIX",
+    "DEFAULT_OUTPUT_PREFIX", "HUB_FIXTURE_TASKS", "LETTER_SAMPLE", "MIN_ASCII_LETTER_SHARE", "MIRROR_TASKS",
+    "NON_ENGLISH_KEYWORDS", "NON_TEXT_KEYWORDS", "REDUCED_SET", "SELECTION_CSV", "TEMPLATE_KEYWORDS",
+    "BigBenchError", "FormattedExample", "TaskPart", "assess_task", "bigbench_tasks_dir", "brd_cache_dir",
+    "check_example", "fetch_bigbench_sdist", "format_example", "list_json_tasks", "load_task_parts", "main",
+    "read_selection", "read_task_json", "selected_tasks", "selection_table", "task_json_path",
+]
+
 BIGBENCH_VERSION = "1.0.0"
 BIGBENCH_SDIST = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
 BIGBENCH_SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"

@@ -63,6 +63,15 @@ if TYPE_CHECKING:
 
     from brdlib.config import Config
 
+__all__ = [
+    "CC100_FIXTURE", "CORPUS_FORMAT_VERSION", "CORPUS_LABELS", "MIRROR_PATHS", "STAND_IN", "TRICKY_CASES",
+    "WIKITEXT_MAX_UNK_SHARE", "CorpusError", "CorpusStats", "build_passages", "cc100_fixture", "cc100_source",
+    "corpus_cache_key", "corpus_label", "corpus_paths", "corpus_summary_table", "detokenize", "iter_brown",
+    "iter_c4", "iter_cc100_format", "iter_documents", "iter_plaintext_zip", "iter_text_file", "iter_wikitext",
+    "load_corpus_stats", "load_passages", "open_text_stream", "passage_source", "sentence_drop_reason", "shuffled",
+    "split_sentences", "splitter_demo", "strip_brown_tags", "undo_wikitext_spacing",
+]
+
 log = logging.getLogger(__name__)
 
 CORPUS_FORMAT_VERSION = 1

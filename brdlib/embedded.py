@@ -32,6 +32,11 @@ from pathlib import Path
 
 from brdlib.specs import EMBEDDED_MODELS, EmbeddedModel, cache_dir
 
+__all__ = [
+    "COMPLETE_MARKER", "CONVERTED_DTYPES", "EmbeddedModelError", "converted_dir", "ensure_converted", "get_embedded",
+    "gguf_path", "install", "is_converted", "is_installed", "main", "part_paths", "tokenizer_dir",
+]
+
 COMPLETE_MARKER = "brd_conversion.json"
 
 

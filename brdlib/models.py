@@ -52,6 +52,14 @@ if TYPE_CHECKING:
 
     from brdlib.config import Config
 
+__all__ = [
+    "GLIBC_MAX_DYNAMIC_MMAP_THRESHOLD", "M_MMAP_THRESHOLD", "PAPER_MODEL_SIZES_B", "POSITION_KEYS", "TINY_MARKER",
+    "TOKENIZER_FILES", "LoadedModel", "build_tiny_arch", "build_tiny_random", "check_models", "describe",
+    "embedded_dtypes", "ensure_tiny_dir", "free_memory", "generate_text", "load_model", "load_role",
+    "make_weights_resident", "materialize", "max_positions", "mmap_threshold", "pretrained_tokenizer",
+    "resolve_spec", "tiny_arch_tokenizer", "tiny_tokenizer",
+]
+
 
 def resolve_spec(spec: str) -> ResolvedSpec:
     """Classify a spec (:func:`classify_spec`); a tiny-arch model is built into its cache directory first."""

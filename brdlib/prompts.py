@@ -25,6 +25,12 @@ import json
 import re
 from dataclasses import dataclass
 
+__all__ = [
+    "BLANK_LINE", "DROP_REASONS", "NER_TEMPLATE", "PAPER_INPUT", "PAPER_RESPONSES", "QRA_TEMPLATE", "TEMPLATES",
+    "CleanResponse", "PromptTemplate", "clean_response", "get_template", "is_echo", "is_repetitive",
+    "normalize_input", "parse_fields", "render_prompt", "trim_response",
+]
+
 BLANK_LINE = "\n\n"
 
 

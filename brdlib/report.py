@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 
     from brdlib.config import Config
 
+__all__ = [
+    "FIGURE_CLAIM_COLUMNS", "MEASURED_COLUMNS", "PAPER_REFERENCE_DIR", "PAPER_TABLE_COLUMNS",
+    "available_paper_tables", "compare_tables", "compare_with_paper", "latex_escape", "main", "model_size_figure",
+    "paper_rows", "paper_table", "save_figure", "save_table", "set_style", "side_by_side", "side_by_side_figure",
+    "with_average",
+]
+
 PAPER_TABLE_COLUMNS: tuple[str, ...] = (
     "table", "setting", "block", "model", "role", "task", "task_paper", "metric", "value", "note",
 )

@@ -46,6 +46,12 @@ import torch
 
 from brdlib.models import max_positions
 
+__all__ = [
+    "MAX_BATCH_LOGITS", "SPECIAL_TOKENS", "TIE_BREAKS", "CandidateScore", "Reading", "ScoreCache", "encode_pair",
+    "encode_text", "fit_pair", "fit_windows", "model_fingerprint", "model_max_length", "plan_batches", "predict",
+    "reading", "score_candidates", "score_examples", "score_reference", "template_tokens", "tie_key", "tied",
+]
+
 SPECIAL_TOKENS = ("tokenizer", "none")
 """Readings of the start token (``eval.special_tokens``): the tokenizer's own, or none (Gemma: BOS)."""
 TIE_BREAKS = ("random", "first")

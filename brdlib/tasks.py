@@ -68,6 +68,16 @@ if TYPE_CHECKING:
 
     from brdlib.config import Config
 
+__all__ = [
+    "BOOLQ_IDS", "CB_IDS", "EVAL_COUNTS", "HUB", "MIRROR_OR_SDIST", "PAWSX_IDS", "RTE_IDS", "SPLITS", "SST2_IDS",
+    "T", "TABLE9_TASKS", "TASKS", "XNLI_IDS", "Example", "HubSpec", "Pool", "Record", "SplitInfo", "SplitPlan",
+    "TaskData", "TaskDataError", "TaskSpec", "bigbench_task_selection", "boolq_from_row", "data_summary",
+    "examples_from_hub_rows", "gold_label", "gold_shares", "hub_records", "label_balance", "label_balance_figure",
+    "load_examples", "nli_from_hf_row", "nli_from_named_row", "parse_task", "pawsx_from_hf_row", "read_jsonl",
+    "read_tsv", "reduced_bigbench_tasks", "split_info", "split_plan", "sst2_from_hf_row", "stratified_partition",
+    "stratified_sample", "task_data", "task_names",
+]
+
 log = logging.getLogger(__name__)
 
 TABLE9_TASKS: tuple[str, ...] = ("xnli", "rte", "cb", "pawsx", "boolq", "sst2")

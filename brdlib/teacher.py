@@ -43,6 +43,14 @@ if TYPE_CHECKING:
 
     from brdlib.config import Config
 
+__all__ = [
+    "RECORD_FORMAT", "STREAM_BLOCK", "BehaviourStats", "RunStats", "ShardWriter", "decoding_params", "drop_table",
+    "generate_behaviours", "items_from_passages", "items_from_texts", "iter_rows", "load_behaviours",
+    "manifest_path", "outcome_figure", "read_manifest", "read_manifests", "read_rows", "record_key", "row_to_record",
+    "run_teacher", "sample_table", "select_shard", "shard_file", "shard_of", "teacher_fingerprint",
+    "teacher_output_dir", "write_manifest",
+]
+
 RECORD_FORMAT = 1
 STREAM_BLOCK = 50_000
 """Prompts per call of a streaming backend (vLLM): so many that a block's tail (its slowest completion, at most
