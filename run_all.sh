@@ -12,4 +12,4 @@ if [[ $# -gt 0 && "$1" != *=* && "$1" != --* ]]; then profile="$1"; shift; fi
 overrides=(); for a in "$@"; do if [[ "$a" == *=* ]]; then overrides+=(--override "$a"); fi; done
 if [[ "$profile" != "paper" ]]; then export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"; fi
 brd-models install --profile "$profile" "${overrides[@]}"   # the embedded models it uses
-exec python -m brdlib.runner "$profile" "$@"
+exec python -m brdlib.cli run "$profile" "$@"

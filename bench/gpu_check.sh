@@ -22,7 +22,7 @@ if [[ "${BRD_GPU_CHECK_REHEARSAL:-1}" == "1" ]]; then
     echo "[gpu_check] rehearsal: vllm is not importable here, so its teacher runs on transformers"
     extra=(teacher.backend=transformers)
   fi
-  timeout "${BRD_GPU_CHECK_REHEARSAL_S:-150}" "$py" -m brdlib.runner rehearsal output_root="$out/rehearsal" \
+  timeout "${BRD_GPU_CHECK_REHEARSAL_S:-150}" "$py" -m brdlib.cli run rehearsal output_root="$out/rehearsal" \
     "${extra[@]}" > "$out/rehearsal.log" 2>&1 || status=1
   echo "[gpu_check] rehearsal: exit ${PIPESTATUS[0]:-?} in $(( $(date +%s) - start )) s (log: $out/rehearsal.log)"
   tail -n 15 "$out/rehearsal.log"

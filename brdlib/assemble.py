@@ -59,7 +59,7 @@ __all__ = [
     "ASSEMBLE_FORMAT_VERSION", "ATTITUDE_QUESTION_RE", "KINDS", "PAPER_FORMATS", "POLARITY_ANSWER_RE", "SEP_EOS",
     "VARIANTS", "AnnotationIndex", "AssembleError", "AssemblyCounts", "VariantSpec", "all_variant_names",
     "assemble_all", "assemble_variant", "build_rows", "cards_table", "choose_passages", "compose", "encode_passages",
-    "index_behaviours", "inputs_fingerprint", "is_sentiment_qra", "load_variant", "main", "passage_examples",
+    "index_behaviours", "inputs_fingerprint", "is_sentiment_qra", "load_variant", "passage_examples",
     "resolve_sep", "save_variant", "size_variant_name", "size_variant_names", "split_question_answer",
     "student_tokenizer", "teacher_behaviours", "token_length_figure", "token_stats", "variant_spec",
 ]
@@ -637,35 +637,3 @@ def token_length_figure(cfg: Config, variant: str = "brd") -> Figure:
     ax.set_ylabel("passage type")
     ax.set_title(f"Token lengths of {variant!r} by passage type ({cfg.profile})", fontsize=11)
     return fig
-
-
-# Command line ---------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m brdlib.assemble PROFILE [key=value ...] [--variants brd ori ...] [--generate-missing]``"""
-    import argparse
-    import sys
-
-    from brdlib.config import ConfigError, load_config
-
-    parser = argparse.ArgumentParser(prog="python -m brdlib.assemble", description=__doc__.split("\n\n")[0])
-    parser.add_argument("profile", help="profile name or path")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. passages.sep=eos")
-    parser.add_argument("--variants", nargs="+", help="variants to assemble (default: all)")
-    parser.add_argument("--generate-missing", action="store_true",
-                        help="run the teacher on sentences it has not read yet (default: fail if any are missing)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.profile, args.overrides)
-        cards = assemble_all(cfg, args.variants, generate_missing=args.generate_missing)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(cards_table(cards).to_string(index=False))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

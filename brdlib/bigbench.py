@@ -1,7 +1,7 @@
 """BIG-bench multiple-choice JSON tasks: reading, the paper's prompt (A.2), and the task-selection rule.
 
-    python -m brdlib.bigbench select --tasks-dir DIR [--mirror-dir MIRROR]   # rewrite configs/bigbench_selection.csv
-    python -m brdlib.bigbench fetch                                          # the bigbench sdist, via pip
+    brd bigbench select --tasks-dir DIR [--mirror-dir MIRROR]   # rewrite configs/bigbench_selection.csv
+    brd bigbench fetch                                          # the bigbench sdist, via pip
 
 **Where the tasks come from.** The offline mirror stages every JSON task whose examples all carry
 ``target_scores`` (``bigbench_mc/tasks/<task>[/<subtask>]/task.json``, files of 4 MiB or more gzipped as
@@ -43,7 +43,6 @@ rule's verdict and reason.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -52,7 +51,6 @@ import random
 import subprocess
 import sys
 import tarfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,7 +67,7 @@ __all__ = [
     "DEFAULT_OUTPUT_PREFIX", "HUB_FIXTURE_TASKS", "LETTER_SAMPLE", "MIN_ASCII_LETTER_SHARE", "MIRROR_TASKS",
     "NON_ENGLISH_KEYWORDS", "NON_TEXT_KEYWORDS", "REDUCED_SET", "SELECTION_CSV", "TEMPLATE_KEYWORDS",
     "BigBenchError", "FormattedExample", "TaskPart", "assess_task", "bigbench_tasks_dir", "brd_cache_dir",
-    "check_example", "fetch_bigbench_sdist", "format_example", "list_json_tasks", "load_task_parts", "main",
+    "check_example", "fetch_bigbench_sdist", "format_example", "list_json_tasks", "load_task_parts",
     "read_selection", "read_task_json", "selected_tasks", "selection_table", "task_json_path",
 ]
 
@@ -317,7 +315,7 @@ def read_selection(path: Path = SELECTION_CSV) -> pd.DataFrame:
 
     if not Path(path).is_file():
         raise BigBenchError(
-            f"BIG-bench selection file {path} is missing; write it with `python -m brdlib.bigbench select`"
+            f"BIG-bench selection file {path} is missing; write it with `brd bigbench select`"
         )
     return pd.read_csv(path, keep_default_na=False)
 
@@ -391,30 +389,3 @@ def bigbench_tasks_dir(cfg: Config, fetch: bool = True) -> Path:
     if not fetch:
         return brd_cache_dir() / f"bigbench-{BIGBENCH_VERSION}" / "benchmark_tasks"
     return fetch_bigbench_sdist()
-
-
-# Command line -----------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``select`` rewrites the selection CSV from a tasks folder; ``fetch`` gets the sdist."""
-    parser = argparse.ArgumentParser(prog="python -m brdlib.bigbench", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sel = sub.add_parser("select", help="apply the selection rule and write the CSV")
-    sel.add_argument("--tasks-dir", type=Path, required=True, help="a benchmark_tasks folder (sdist or mirror)")
-    sel.add_argument("--mirror-dir", type=Path, default=None, help="offline mirror, for the in_mirror column")
-    sel.add_argument("--out", type=Path, default=SELECTION_CSV)
-    sub.add_parser("fetch", help="download and extract the bigbench sdist into the brd cache")
-    args = parser.parse_args(argv)
-    if args.command == "fetch":
-        print(fetch_bigbench_sdist())
-        return 0
-    mirror_tasks = args.mirror_dir / MIRROR_TASKS if args.mirror_dir else None
-    table = selection_table(args.tasks_dir, mirror_tasks)
-    table.to_csv(args.out, index=False)
-    print(f"{args.out}: {len(table)} multiple-choice tasks, {int(table['selected'].sum())} selected")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

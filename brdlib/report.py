@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIGURE_CLAIM_COLUMNS", "MEASURED_COLUMNS", "PAPER_REFERENCE_DIR", "PAPER_TABLE_COLUMNS",
-    "available_paper_tables", "compare_tables", "compare_with_paper", "latex_escape", "main", "model_size_figure",
+    "available_paper_tables", "compare_tables", "compare_with_paper", "latex_escape", "model_size_figure",
     "paper_rows", "paper_table", "save_figure", "save_table", "set_style", "side_by_side", "side_by_side_figure",
     "with_average",
 ]
@@ -329,27 +329,3 @@ def side_by_side_figure(ours: pd.DataFrame, paper: pd.DataFrame, profile: str, *
     if title:
         grid.figure.suptitle(title, y=1.02)
     return grid.figure
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m brdlib.report compare FIGURES_A FIGURES_B``: do two runs give the same tables?"""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m brdlib.report", description=main.__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    cmp = sub.add_parser("compare", help="every difference between the CSV tables of two figures/<profile> folders")
-    cmp.add_argument("first", type=Path)
-    cmp.add_argument("second", type=Path)
-    args = parser.parse_args(argv)
-    for folder in (args.first, args.second):
-        if not folder.is_dir():
-            parser.error(f"{folder} is not a folder (give two figures/<profile> folders)")
-    diffs = compare_tables(args.first, args.second)
-    print("\n".join(diffs) if diffs else
-          f"identical: {len(list(args.first.glob('*.csv')))} tables (measured columns left out: "
-          f"{', '.join(sorted(MEASURED_COLUMNS))})")
-    return 1 if diffs else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

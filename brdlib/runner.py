@@ -1,7 +1,7 @@
 """Execute the study's notebooks in order with papermill (what ``run_all.sh`` calls).
 
-    python -m brdlib.runner smoke train.max_steps=10
-    python -m brdlib.runner tiny --only 00_setup
+    brd-run smoke train.max_steps=10
+    brd-run tiny --only 00_setup
 
 Executed copies go to ``runs/<profile>/``; ``runs/<profile>/run_summary.json`` keeps each notebook's time and
 peak resident memory (the kernel and its children). The run stops at the first failing notebook, naming it and
@@ -10,7 +10,6 @@ the failing cell's error, and ends with each notebook's time and where the table
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import threading
@@ -20,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from brdlib.config import REPO_ROOT, ConfigError, load_config
+from brdlib.config import REPO_ROOT, load_config
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 STAGES_FILE = NOTEBOOK_DIR / "stages.txt"
@@ -295,25 +294,3 @@ def _print_summary(results: list[NotebookResult], files: list[Path], figures_dir
     print(f"brd: tables and figures in {figures_dir}:")
     for f in files:
         print(f"brd:   {f.relative_to(figures_dir)}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="brd-run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("profile", nargs="?", default="smoke", help="profile name or path (default: smoke)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
-    parser.add_argument("--only", nargs="+", help="run only the stages whose names start with these")
-    parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output here")
-    args = parser.parse_args(argv)
-    profile, overrides = args.profile, list(args.overrides)
-    if "=" in profile:  # `run_all.sh key=value` means the default profile with an override
-        profile, overrides = "smoke", [profile, *overrides]
-    try:
-        results = run(profile, overrides, only=args.only, log_output=args.log_output)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0 if results and all(r.ok for r in results) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

