@@ -188,6 +188,8 @@ def test_every_notebook_writes_tidy_results_that_agree_with_its_display_tables(t
     for stem, (artefact, test, decimals) in DISPLAY_TABLES.items():
         metric = "cross_entropy" if artefact == "table5" else "accuracy"
         rows = results[(results["artefact"] == artefact) & (results["test"] == test) & (results["metric"] == metric)]
+        if artefact == "table5":  # the tidy file also keeps each BIG-bench task behind bigbench_avg
+            rows = rows[~rows["task"].str.startswith("bigbench:")]
         path = tiny_study.figures / f"{stem}.csv"
         if not path.is_file():  # a part the profile skips writes neither
             assert rows.empty, stem
