@@ -1,22 +1,23 @@
 """Notebook 10: every table and figure of the paper, gathered from the earlier notebooks' outputs, beside the
 paper's, with how far each agrees.
 
-The earlier notebooks save their tables with :func:`brdlib.report.save_table` as wide side-by-side CSVs (columns
-``<task>: ours (<profile>)`` and ``<task>: paper``). :data:`ARTEFACTS` says which notebook file holds which paper
-table or figure; :func:`artefact_index` lists what this profile's run produced; :func:`ours_from_wide` turns a
-saved table back into tidy numbers; :func:`claim_checks` compares, for each pair of rows the paper compares
-(:data:`COMPARISONS`), the paper's difference with ours — the direction is read from the paper's own numbers,
-never assumed.
+The earlier notebooks write their numbers once, tidy, with :func:`brdlib.results.save_results`
+(``figures/<profile>/results/<notebook>.csv``, one row per number: artefact, test, role, task, metric, value...);
+their wide side-by-side display tables are views for reading, and nothing here parses them. :data:`ARTEFACTS` says
+which paper table or figure each artefact is and which display files show it; :func:`artefact_index` lists what
+this profile's run produced; :func:`load_ours` reads an artefact's tidy rows; :func:`claim_checks` compares, for
+each pair of rows the paper compares (:data:`COMPARISONS`), the paper's difference with ours — the direction is
+read from the paper's own numbers, never assumed.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brdlib.config import Config
+from brdlib.results import TEST_ORDER, load_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,8 +31,10 @@ class Artefact:
     reference: str  # brdlib/paper_reference name ("table3"), or "figure_claims"
     what: str
     notebook: str
-    files: tuple[str, ...]  # stems under figures/<profile>/ (tables: .csv; figures: .png)
+    files: tuple[str, ...]  # display stems under figures/<profile>/ (tables: .csv; figures: .png)
     kind: str = "table"
+    metric: str = "accuracy"  # the tidy rows' metric (brdlib.results.METRICS) compared with the paper's
+    decimals: int = 1  # ours are compared as the display table shows them, at the paper's precision
 
 
 ARTEFACTS: tuple[Artefact, ...] = (
@@ -39,7 +42,8 @@ ARTEFACTS: tuple[Artefact, ...] = (
              ("04_table3_blind", "05_table3_relaxed", "06_table3_supervised")),
     Artefact("Table 4", "table4", "BRD on top of SKD, MiniLLM and TaskDistillation", "04, 05",
              ("04_table4_kd", "05_table4_taskdistillation")),
-    Artefact("Table 5", "table5", "teacher-student cross-entropy before and after BRD", "07", ("07_table5",)),
+    Artefact("Table 5", "table5", "teacher-student cross-entropy before and after BRD", "07", ("07_table5",),
+             metric="cross_entropy", decimals=2),
     Artefact("Table 6", "table6", "two teachers", "04", ("04_table6",)),
     Artefact("Table 7", "table7", "passage- against sentence-level BRD", "04", ("04_table7",)),
     Artefact("Table 8", "table8", "BRD² without NER or QRA data", "05", ("05_table8",)),
@@ -110,48 +114,30 @@ def _path(cfg: Config, stem: str) -> Path | None:
     return None
 
 
-_OURS_RE = re.compile(r"^(?P<task>.+): ours \((?P<profile>[^)]+)\)$")
+def ours_by_block(cfg: Config, art: Artefact, results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Our numbers for one table artefact, ``role, task, value, test``, from the tidy results (``results``, default
+    :func:`brdlib.results.load_results`): every test's block stacked in :data:`brdlib.results.TEST_ORDER`
+    (duplicates kept; other tests after them), values rounded to the artefact's ``decimals`` as its display table
+    shows them; cells without a value (a role lacking a task of the average) are left out."""
+    frame = load_results(cfg) if results is None else results
+    rows = frame[(frame["artefact"] == art.reference) & (frame["metric"] == art.metric)].dropna(subset=["value"])
+    priority = {t: i for i, t in enumerate(TEST_ORDER)}  # other tests (Table 5's cross_entropy) after these
+    rows = rows.assign(_order=[priority.get(t, len(priority)) for t in rows["test"]])
+    rows = rows.sort_values("_order", kind="stable").assign(value=lambda d: d["value"].round(art.decimals))
+    return rows[["role", "task", "value", "test"]].reset_index(drop=True)
 
 
-def ours_from_wide(path: Path | str, profile: str | None = None, key: str = "role") -> pd.DataFrame:
-    """Tidy ``key, task, value`` of ours from a saved side-by-side CSV (columns ``<task>: ours (<profile>)``)."""
-    import pandas as pd
-
-    wide = pd.read_csv(path)
-    if key not in wide.columns:
-        raise ValueError(f"{path}: no {key!r} column; columns: {list(wide.columns)}")
-    rows = []
-    for column in wide.columns:
-        m = _OURS_RE.match(str(column))
-        if not m or (profile is not None and m["profile"] != profile):
-            continue
-        for k, v in zip(wide[key], wide[column], strict=True):
-            if pd.notna(v):
-                rows.append({key: str(k), "task": m["task"], "value": float(v)})
-    return pd.DataFrame(rows, columns=[key, "task", "value"])
-
-
-def ours_by_file(cfg: Config, art: Artefact) -> pd.DataFrame:
-    """Our tidy numbers for one table artefact, every file of it stacked with its ``file`` (duplicates kept)."""
-    import pandas as pd
-
-    frames = [ours_from_wide(p, cfg.profile).assign(file=p.stem)
-              for f in art.files if (p := _path(cfg, f)) is not None and p.suffix == ".csv"]
-    if not frames:
-        return pd.DataFrame(columns=["role", "task", "value", "file"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def load_ours(cfg: Config, art: Artefact) -> pd.DataFrame:
-    """Our tidy numbers for one table artefact, one per (role, task): the first file wins a duplicate cell. The
-    first file is the table's main block (Table 3: the blind test); later blocks repeat reference rows
-    (``student_base``, ``brd``) scored on another split (the protocols' held-out examples), which must not
-    replace the blind numbers the paper's comparisons are about."""
-    return ours_by_file(cfg, art).drop_duplicates(["role", "task"], keep="first")
+def load_ours(cfg: Config, art: Artefact, results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Our numbers for one table artefact, one per (role, task): the earliest test in
+    :data:`brdlib.results.TEST_ORDER` wins a duplicate cell. Table 3's main block is the blind test; the relaxed
+    and supervised blocks repeat reference rows (``student_base``, ``brd``) scored on another split (the
+    protocols' held-out examples), which must not replace the blind numbers the paper's comparisons are about."""
+    return ours_by_block(cfg, art, results).drop_duplicates(["role", "task"], keep="first").reset_index(drop=True)
 
 
 def combined_table(cfg: Config, art: Artefact) -> pd.DataFrame:
-    """The saved wide tables of one artefact stacked into one (Table 3: blind, relaxed, supervised blocks)."""
+    """The saved display tables of one artefact stacked into one, for reading (Table 3: blind, relaxed, supervised
+    blocks); the numbers compared with the paper come from the tidy results (:func:`load_ours`)."""
     import pandas as pd
 
     frames = [pd.read_csv(p).assign(source=p.stem)
@@ -209,7 +195,7 @@ def agreement_summary(checks: pd.DataFrame) -> str:
             f"({len(checks) - len(ran)} not run on this profile)")
 
 
-TABLE3_BLOCKS = {"04_table3_blind": "blind", "05_table3_relaxed": "relaxed", "06_table3_supervised": "supervised"}
+TABLE3_BLOCKS: tuple[str, ...] = TEST_ORDER  # Table 3's blocks are the three tests, in the paper's order
 
 
 def _table3_average_cells(cfg: Config) -> pd.DataFrame:
@@ -219,8 +205,8 @@ def _table3_average_cells(cfg: Config) -> pd.DataFrame:
     from brdlib.report import paper_table
 
     art = next(a for a in ARTEFACTS if a.reference == "table3")
-    ours = ours_by_file(cfg, art)  # each block's own rows, reference rows included
-    ours = ours[ours["task"] == "average"].assign(setting=lambda d: d["file"].map(TABLE3_BLOCKS))
+    ours = ours_by_block(cfg, art)  # each block's own rows, reference rows included
+    ours = ours[ours["task"] == "average"].rename(columns={"test": "setting"})
     paper = paper_table("table3")
     paper = paper[paper["task"] == "average"][["setting", "role", "value"]]
     return pd.concat([ours[["setting", "role", "value"]].assign(source=f"ours ({cfg.profile})"),
@@ -244,7 +230,7 @@ def table3_averages(cfg: Config) -> pd.DataFrame:
     wide.insert(2, "model (paper)", [names.get(k, "reference row (the protocols' held-out split)") for k in keys])
     wide["delta"] = (wide[ours_col] - wide["paper"]).round(1)
     paper_order = {k: i for i, k in enumerate(zip(paper_rows["setting"], paper_rows["role"], strict=True))}
-    block = {s: i for i, s in enumerate(TABLE3_BLOCKS.values())}
+    block = {s: i for i, s in enumerate(TABLE3_BLOCKS)}
     wide["_order"] = [(block.get(k[0], 9), paper_order.get(k, len(paper_order))) for k in keys]
     wide = wide.sort_values("_order", kind="stable").rename(columns={"setting": "test"})
     return wide[["test", "role", "model (paper)", ours_col, "paper", "delta"]].reset_index(drop=True)

@@ -1,4 +1,4 @@
-"""Notebook 10's gathering of saved tables, and the paper-comparison checks, on hand-made tables."""
+"""Notebook 10's gathering of the tidy results, and the paper-comparison checks, on hand-made results."""
 
 import pandas as pd
 import pytest
@@ -12,12 +12,12 @@ from brdlib.paper_tables import (
     artefact_index,
     claim_checks,
     load_ours,
-    ours_by_file,
-    ours_from_wide,
+    ours_by_block,
     table3_averages,
     table3_figure,
 )
 from brdlib.report import paper_table, save_table
+from brdlib.results import accuracy_results, load_results, save_results
 
 TASKS = ["xnli", "rte", "cb", "pawsx", "boolq", "sst2", "bigbench_avg"]
 
@@ -33,13 +33,42 @@ def _accuracy(values: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_ours_round_trips_through_a_saved_side_by_side_table(cfg):
-    acc = _accuracy({"brd": 60.0, "student_base": 50.0})
-    save_table(results_table(cfg, acc, "table3", setting="blind"), cfg, "04_table3_blind")
-    ours = ours_from_wide(cfg.figures_dir / "04_table3_blind.csv", "tiny")
+TABLE3 = next(a for a in ARTEFACTS if a.reference == "table3")
+
+
+def _save(cfg, notebook: str, acc: pd.DataFrame, table: str = "table3", test: str = "blind", **where) -> None:
+    """What notebooks 04-06 write: the tidy rows of one table (no display table)."""
+    save_results(cfg, notebook, accuracy_results(acc, table, test, rule="mean", **where))
+
+
+def test_ours_are_read_from_the_tidy_results(cfg):
+    acc = _accuracy({"brd": 60.04, "student_base": 50.0})
+    _save(cfg, "04_blind_test", acc, setting="blind")
+    assert not list(cfg.figures_dir.glob("*.csv"))  # no display table to parse
+    ours = load_ours(cfg, TABLE3)
     assert set(ours["role"]) == {"brd", "student_base"}
-    assert ours.query("role == 'brd' and task == 'rte'")["value"].item() == 60.0
+    assert ours.query("role == 'brd' and task == 'rte'")["value"].item() == 60.0  # as the display shows it
     assert ours.query("role == 'brd' and task == 'average'")["value"].item() == 60.0
+    assert load_results(cfg)["value"].max() == pytest.approx(60.04)  # the file keeps the unrounded value
+
+
+def test_a_renamed_display_column_does_not_change_what_notebook_10_reads(cfg):
+    # notebook 10 once parsed the display columns '<task>: ours (<profile>)'; a caption change made every table
+    # silently 'not run'. Now the display tables are views and may be captioned as they like.
+    acc = _accuracy({"brd": 70.0, "student_base": 50.0})
+    wide = results_table(cfg, acc, "table3", setting="blind")
+    save_table(wide.rename(columns=lambda c: c.replace(f"ours ({cfg.profile})", "this run")), cfg, "04_table3_blind")
+    _save(cfg, "04_blind_test", acc, setting="blind")
+    checks = claim_checks(cfg)
+    row = checks[(checks["table"] == "table3") & (checks["comparison"] == "brd − student_base")].iloc[0]
+    assert row[f"ours ({cfg.profile}) Δ"] == pytest.approx(20.0) and row["same direction"] == "yes"
+    assert table3_averages(cfg).set_index(["test", "role"]).loc[("blind", "brd"), f"ours ({cfg.profile})"] == 70.0
+
+
+def test_comparisons_are_not_repeated():
+    from brdlib.paper_tables import COMPARISONS
+
+    assert len(set(COMPARISONS)) == len(COMPARISONS)
 
 
 def test_claim_checks_read_the_direction_from_the_paper(cfg):
@@ -48,8 +77,7 @@ def test_claim_checks_read_the_direction_from_the_paper(cfg):
     avg = paper[(paper["task"] == "average") & paper["role"].isin(["brd", "student_base"])].set_index("role")["value"]
     assert avg["brd"] > avg["student_base"]
     for ours_brd, expected in [(40.0, "no"), (70.0, "yes")]:
-        save_table(results_table(cfg, _accuracy({"brd": ours_brd, "student_base": 50.0}), "table3", setting="blind"),
-                   cfg, "04_table3_blind")
+        _save(cfg, "04_blind_test", _accuracy({"brd": ours_brd, "student_base": 50.0}), setting="blind")
         checks = claim_checks(cfg)
         row = checks[(checks["table"] == "table3") & (checks["comparison"] == "brd − student_base")].iloc[0]
         assert row["same direction"] == expected
@@ -64,9 +92,10 @@ def test_average_falls_back_to_the_mean_of_the_papers_columns(cfg):
     # Table 5 has no Average column: the comparison uses the mean over its tasks, for the paper and for ours
     rows = [{"role": r, "task": t, "value": v} for r, v in [("brd", 10.0), ("student_base", 20.0)]
             for t in ["xnli", "rte", "cb", "pawsx", "boolq", "sst2", "bigbench_avg"]]
-    from brdlib.report import compare_with_paper
+    from brdlib.results import tidy
 
-    save_table(compare_with_paper(pd.DataFrame(rows), "table5", "tiny"), cfg, "07_table5")
+    save_results(cfg, "07_cross_entropy", tidy(pd.DataFrame(rows), artefact="table5", test="cross_entropy",
+                                               metric="cross_entropy"))
     checks = claim_checks(cfg)
     row = checks[checks["table"] == "table5"].iloc[0]
     assert row[f"ours ({cfg.profile}) Δ"] == pytest.approx(-10.0)
@@ -74,8 +103,9 @@ def test_average_falls_back_to_the_mean_of_the_papers_columns(cfg):
 
 
 def test_index_agreement_and_figure(cfg):
-    save_table(results_table(cfg, _accuracy({"brd": 60.0, "student_base": 50.0}), "table3", setting="blind"),
-               cfg, "04_table3_blind")
+    acc = _accuracy({"brd": 60.0, "student_base": 50.0})
+    save_table(results_table(cfg, acc, "table3", setting="blind"), cfg, "04_table3_blind")  # the index lists views
+    _save(cfg, "04_blind_test", acc, setting="blind")
     index = artefact_index(cfg)
     assert len(index) == len(ARTEFACTS)
     assert index.loc[index["paper"] == "Table 3", "files"].item() == "04_table3_blind.csv"
@@ -92,16 +122,15 @@ def test_index_agreement_and_figure(cfg):
 def test_blind_reference_rows_are_not_replaced_by_the_protocol_blocks(cfg):
     # 05/06 repeat student_base and brd, scored on the protocols' held-out split: Table 3's comparisons and the
     # blind panel of the figure keep the blind numbers; each block's panel shows its own
-    save_table(results_table(cfg, _accuracy({"brd": 60.0, "student_base": 50.0}), "table3", setting="blind"),
-               cfg, "04_table3_blind")
-    save_table(results_table(cfg, _accuracy({"sft": 70.0, "brd2_sft": 72.0, "student_base": 40.0, "brd": 41.0}),
-                             "table3", setting="supervised"), cfg, "06_table3_supervised")
-    art = next(a for a in ARTEFACTS if a.reference == "table3")
-    ours = load_ours(cfg, art).set_index(["role", "task"])["value"]
+    # the supervised notebook's file sorts first by name: the rule is the test's priority, not the file order
+    _save(cfg, "00_supervised", _accuracy({"sft": 70.0, "brd2_sft": 72.0, "student_base": 40.0, "brd": 41.0}),
+          test="supervised", split="heldout", setting="supervised")
+    _save(cfg, "04_blind_test", _accuracy({"brd": 60.0, "student_base": 50.0}), setting="blind")
+    ours = load_ours(cfg, TABLE3).set_index(["role", "task"])["value"]
     assert ours[("brd", "average")] == 60.0 and ours[("student_base", "average")] == 50.0
     assert ours[("sft", "average")] == 70.0
-    by_file = ours_by_file(cfg, art)
-    assert set(by_file.query("role == 'brd' and task == 'average'")["value"]) == {60.0, 41.0}
+    by_block = ours_by_block(cfg, TABLE3)
+    assert list(by_block.query("role == 'brd' and task == 'average'")["value"]) == [60.0, 41.0]
     checks = claim_checks(cfg)
     row = checks[(checks["table"] == "table3") & (checks["comparison"] == "brd − student_base")].iloc[0]
     assert row[f"ours ({cfg.profile}) Δ"] == pytest.approx(10.0)
