@@ -755,7 +755,7 @@ def resolve_backend_name(cfg: Config, role: str = "teacher") -> str:
 def make_backend(cfg: Config, role: str = "teacher", backend: str | None = None) -> Backend:
     """Load the model of ``role`` into the backend the profile asks for (or ``backend``)."""
     from brdlib.embedded import ensure_converted, gguf_path
-    from brdlib.models import load_role, resolve_spec
+    from brdlib.models import load_ref, resolve_spec
 
     roles = cfg.models.roles()
     if role not in roles:
@@ -767,7 +767,7 @@ def make_backend(cfg: Config, role: str = "teacher", backend: str | None = None)
     resolved = resolve_spec(spec)
     t = cfg.teacher
     if name == "transformers":
-        return TransformersBackend(load_role(cfg, role), batch_size=t.batch_size, prefix_cache=t.prefix_cache)
+        return TransformersBackend(load_ref(cfg, role), batch_size=t.batch_size, prefix_cache=t.prefix_cache)
     if name == "llamacpp":
         if resolved.kind != "embedded":
             raise ValueError(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from brdlib.config import Config
+from brdlib.store import artefact_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,38 +40,12 @@ class EvaluateError(ValueError):
 # Model references ----------------------------------------------------------------------------------------------
 
 
-def resolve_model(cfg: Config, ref: str) -> str:
-    """The model spec or directory of ``ref``: a profile role, a trained student's name, or a spec as is."""
-    from brdlib.models import resolve_spec
-    from brdlib.train import is_trained, student_dir
-
-    roles = cfg.models.roles()
-    if ref in roles:
-        return roles[ref]
-    if is_trained(cfg, ref):
-        return str(student_dir(cfg, ref))
-    try:
-        resolve_spec(ref)
-    except ValueError as err:
-        trained = sorted(p.parent.name for p in (cfg.data_dir / "students").glob("*/*.json")) if (
-            cfg.data_dir / "students").is_dir() else []
-        raise EvaluateError(
-            f"model {ref!r} is not a role of profile {cfg.profile!r} ({', '.join(roles)}), not a trained student "
-            f"({', '.join(sorted(set(trained))) or 'none yet'}) and not a model spec: {err}"
-        ) from None
-    return ref
-
-
 def is_large(cfg: Config, n_params: int) -> bool:
     """Models of ``eval.large_model_min_params`` or more score ``eval.large_model_max_examples`` per task (if set)."""
     return n_params >= cfg.eval.large_model_min_params
 
 
 # Scoring ---------------------------------------------------------------------------------------------------------
-
-
-def eval_dir(cfg: Config) -> Path:
-    return cfg.data_dir / "eval"
 
 
 def load_task_examples(cfg: Config, tasks: Sequence[str], split: str = "test",
@@ -136,21 +111,21 @@ def evaluate_model(
     import pandas as pd
     import torch
 
-    from brdlib.models import free_memory, load_model
+    from brdlib.models import free_memory, load_ref
     from brdlib.scoring import ScoreCache, reading, score_examples
     from brdlib.tasks import task_names
 
     role = role or ref
     tasks = list(tasks) if tasks is not None else task_names(cfg)
-    spec = resolve_model(cfg, ref)
-    loaded = load_model(spec, device=cfg.resolved_device(), dtype=_scoring_dtype(cfg))
+    loaded = load_ref(cfg, ref)
+    spec = loaded.spec
     limit = max_examples
     if limit is None and is_large(cfg, loaded.n_params):
         limit = cfg.eval.large_model_max_examples
     by_task = load_task_examples(cfg, tasks, split, limit)
     read_kw = {"special_tokens": cfg.eval.special_tokens, "max_length": cfg.eval.max_length}
     read = reading(loaded.model, loaded.tokenizer, **read_kw)
-    cache = ScoreCache(eval_dir(cfg) / "scores.sqlite")
+    cache = ScoreCache(artefact_dir(cfg, "eval") / "scores.sqlite")
     frames = []
     from tqdm.auto import tqdm
 
@@ -175,12 +150,6 @@ def evaluate_model(
     del loaded
     free_memory()
     return out
-
-
-def _scoring_dtype(cfg: Config) -> str:
-    """The profile's dtype (``auto``: float32 on CPU, bfloat16 on a GPU that has it; smoke: bfloat16, which this
-    project's CPUs compute natively, 1.8-2.3x faster than float32 there)."""
-    return cfg.resolved_dtype()
 
 
 def evaluate_models(
@@ -208,7 +177,7 @@ def evaluate_models(
 
 def save_predictions(cfg: Config, predictions: pd.DataFrame, split: str = "test") -> list[Path]:
     """Per-example predictions, one Parquet file per role, under ``data/<profile>/eval/predictions/<split>/``."""
-    folder = eval_dir(cfg) / "predictions" / split
+    folder = artefact_dir(cfg, "eval") / "predictions" / split
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for role, frame in predictions.groupby("role", sort=False):
@@ -224,7 +193,7 @@ def load_predictions(cfg: Config, roles: Sequence[str] | None = None, split: str
     """Predictions saved by earlier notebooks (all roles, or ``roles``; a missing one fails with the present ones)."""
     import pandas as pd
 
-    folder = eval_dir(cfg) / "predictions" / split
+    folder = artefact_dir(cfg, "eval") / "predictions" / split
     present = sorted(p.stem for p in folder.glob("*.parquet")) if folder.is_dir() else []
     wanted = list(roles) if roles is not None else present
     missing = [r for r in wanted if r not in present]

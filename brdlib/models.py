@@ -46,6 +46,7 @@ from brdlib.specs import (
     classify_spec,
     embedded_name,
 )
+from brdlib.store import resolve_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GLIBC_MAX_DYNAMIC_MMAP_THRESHOLD", "M_MMAP_THRESHOLD", "PAPER_MODEL_SIZES_B", "POSITION_KEYS", "TINY_MARKER",
     "TOKENIZER_FILES", "LoadedModel", "build_tiny_arch", "build_tiny_random", "check_models", "describe",
-    "embedded_dtypes", "ensure_tiny_dir", "free_memory", "generate_text", "load_model", "load_role",
+    "embedded_dtypes", "ensure_tiny_dir", "free_memory", "generate_text", "load_model", "load_ref",
     "make_weights_resident", "materialize", "max_positions", "mmap_threshold", "pretrained_tokenizer",
     "resolve_spec", "tiny_arch_tokenizer", "tiny_tokenizer",
 ]
@@ -455,12 +456,10 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Loaded
     return LoadedModel(spec, resolved.kind, source, model, tokenizer, time.perf_counter() - start)
 
 
-def load_role(cfg: Config, role: str) -> LoadedModel:
-    """Load the model a profile assigns to ``role`` (teacher, student, or a key of ``models.extra``)."""
-    roles = cfg.models.roles()
-    if role not in roles:
-        raise KeyError(f"profile {cfg.profile!r} has no model role {role!r}; roles: {', '.join(roles)}")
-    return load_model(roles[role], device=cfg.resolved_device(), dtype=cfg.resolved_dtype())
+def load_ref(cfg: Config, ref: str, dtype: str | None = None) -> LoadedModel:
+    """Load a model reference (a profile role, a trained student's name or a spec: :func:`brdlib.store.resolve_model`)
+    on the profile's device, in ``dtype`` (default: the profile's, which scoring and the teacher read in)."""
+    return load_model(resolve_model(cfg, ref).spec, device=cfg.resolved_device(), dtype=dtype or cfg.resolved_dtype())
 
 
 def generate_text(loaded: LoadedModel, prompt: str, max_new_tokens: int = 20) -> str:

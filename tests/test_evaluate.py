@@ -363,10 +363,10 @@ def test_truncation_and_ties_are_counted_in_the_tables_and_the_caption_names_the
 def test_hub_ids_resolve_as_specs_not_student_names(tmp_path):
     """The paper's released KD students are hub ids ('MiniLLM/KD-gpt2-760M'): notebook 04 resolves them as specs.
     Before the fix ``train.is_trained`` raised 'not a plain directory name' on the slash and notebook 04 crashed."""
-    from brdlib.evaluate import resolve_model
+    from brdlib.store import resolve_model
 
     paper = load_config("paper", [f"output_root={tmp_path}"])
     for ref in paper.kd.released.values():
-        assert resolve_model(paper, ref) == ref
+        assert resolve_model(paper, ref).spec == ref
     rehearsal = load_config("rehearsal", [f"output_root={tmp_path}"])
-    assert resolve_model(rehearsal, "tiny-random-gpt2:1") == "tiny-random-gpt2:1"
+    assert resolve_model(rehearsal, "tiny-random-gpt2:1").spec == "tiny-random-gpt2:1"

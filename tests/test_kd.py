@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from brdlib.config import ConfigError, load_config
-from brdlib.evaluate import resolve_model
 from brdlib.kd import (
     KDError,
     ensure_kd_students,
@@ -25,6 +24,7 @@ from brdlib.kd import (
 )
 from brdlib.models import build_tiny_random, load_model, tiny_tokenizer
 from brdlib.records import KD_KINDS
+from brdlib.store import resolve_model
 from brdlib.train import IGNORE_INDEX, SUMMARY_FILE, TrainError, load_summary, student_dir, training_table
 
 
@@ -216,7 +216,7 @@ def test_tiny_kd_students_are_saved_found_and_reused(tmp_path):
     assert refs == {"skd": "skd", "minillm": "minillm"}
     for kind in KD_KINDS:
         path = student_dir(cfg, kind)
-        assert resolve_model(cfg, kind) == str(path)
+        assert resolve_model(cfg, kind).spec == str(path)
         summary = load_summary(cfg, kind)
         assert summary["kind"] == kind and summary["steps"] == cfg.kd.max_steps
         assert summary["teacher"] == "tiny-random:1" and summary["init"] == "tiny-random:0"

@@ -10,13 +10,14 @@ from brdlib.models import (
     describe,
     generate_text,
     load_model,
-    load_role,
+    load_ref,
     materialize,
     resolve_spec,
     tiny_arch_tokenizer,
     tiny_tokenizer,
 )
 from brdlib.specs import TINY_ARCH_VERSION, classify_spec, embedded_name, validate_spec
+from brdlib.store import StoreError
 
 
 @pytest.mark.parametrize(
@@ -91,11 +92,12 @@ def test_generate_and_describe():
     assert {"role", "spec", "dtype", "device", "generated", "vocab"} <= row.keys()
 
 
-def test_load_role_and_check_models():
+def test_load_ref_and_check_models():
     cfg = load_config("tiny")
-    assert load_role(cfg, "teacher").spec == "tiny-random:1"
-    with pytest.raises(KeyError, match="roles: teacher, student"):
-        load_role(cfg, "oracle")
+    assert load_ref(cfg, "teacher").spec == "tiny-random:1"
+    with pytest.raises(StoreError, match=r"'oracle' is not a role of profile 'tiny' \(teacher, student\), not a "
+                       r"trained student \(none yet\) and not a model spec"):
+        load_ref(cfg, "oracle")
     table = check_models(cfg, "Hello", max_new_tokens=3)
     assert list(table["role"]) == ["teacher", "student"]
     assert list(table["paper_model"]) == ["lmsys/vicuna-13b-v1.5", "facebook/xglm-564M"]

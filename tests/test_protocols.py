@@ -55,13 +55,13 @@ def test_train_inputs_are_cut_stratified_and_from_train(tmp_path):
 def test_pseudo_labels_are_the_teachers_argmax_under_the_rule(tmp_path):
     import torch
 
-    from brdlib.models import load_role
+    from brdlib.models import load_ref
     from brdlib.scoring import predict, score_examples
 
     cfg = tiny_cfg(tmp_path, "protocols.task_train_examples=3")
     inputs = P.train_inputs(cfg, ["rte", "cb", "bigbench:winowhy"])
     pseudo = P.pseudo_labels(cfg, inputs, progress=False)
-    teacher = load_role(cfg, "teacher")
+    teacher = load_ref(cfg, "teacher")
     with torch.inference_mode():
         for task, examples in inputs.items():
             scores = score_examples(teacher.model, teacher.tokenizer, examples, cache=None, progress=False)
