@@ -38,9 +38,9 @@ is refused before anything is encoded.
 
 **Figure 2 (§5.6).** One student per share f of the source passages (variant ``brd_frac<f>``; f = 1 is ``brd``
 itself), scored blind on the test split, plotted against the passages (and tokens) of BRD data, the base student
-at 0. ``analysis.data_size_steps: epochs`` trains each size for ``train.max_steps`` times its share of the BRD
+at 0. ``analysis.data_size_steps: epochs`` trains each size for ``recipes.brd.max_steps`` times its share of the BRD
 tokens, so every point reads its data as many times as ``brd`` does; ``fixed`` trains every size for
-``protocols.ablation_max_steps`` steps (then f = 1 is retrained at those steps so the curve has one schedule).
+``recipes.ablation.max_steps`` steps (then f = 1 is retrained at those steps so the curve has one schedule).
 """
 
 from __future__ import annotations
@@ -679,17 +679,16 @@ def data_size_plan(cfg: Config) -> pd.DataFrame:
     ensure_variants(cfg, [size_variant_name(f) for f in every])
     cards = {f: load_card(cfg, size_variant_name(f)) for f in every}
     full_tokens = cards[1.0]["tokens"]["tokens"]
-    fixed = cfg.protocols.ablation_max_steps or cfg.train.max_steps
+    full, fixed = cfg.recipes.brd.max_steps, cfg.recipes.ablation.max_steps
     rows = []
     for f in fractions:
         variant, card = size_variant_name(f), cards[f]
         if mode == "epochs":
-            steps = cfg.train.max_steps if f == 1 else max(1, round(cfg.train.max_steps * card["tokens"]["tokens"]
-                                                                    / max(full_tokens, 1)))
+            steps = full if f == 1 else max(1, round(full * card["tokens"]["tokens"] / max(full_tokens, 1)))
             student = variant
         else:
             steps = fixed
-            student = "brd" if f == 1 and fixed == cfg.train.max_steps else f"{variant}_steps{fixed}"
+            student = "brd" if f == 1 and fixed == full else f"{variant}_steps{fixed}"
         rows.append({"fraction": f, "variant": variant, "student": student, "steps": steps,
                      "passages": card["source_passages"], "sentences": card["sentences"], "rows": card["rows"],
                      "tokens": card["tokens"]["tokens"]})
@@ -700,7 +699,7 @@ def train_size_students(cfg: Config, plan: pd.DataFrame, progress: bool = True) 
     """Train (or reuse) the student of each size of ``plan``; returns student name -> directory."""
     from brdlib.train import train_student
 
-    return {r.student: train_student(cfg, r.variant, r.student, max_steps=int(r.steps), progress=progress)
+    return {r.student: train_student(cfg, r.variant, r.student, recipe="brd", max_steps=int(r.steps), progress=progress)
             for r in plan.itertuples()}
 
 

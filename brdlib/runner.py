@@ -1,6 +1,6 @@
 """Execute the study's notebooks in order with papermill (what ``run_all.sh`` calls).
 
-    python -m brdlib.runner smoke train.max_steps=10
+    python -m brdlib.runner smoke recipes.brd.max_steps=10
     python -m brdlib.runner tiny --only 00_setup
 
 Executed copies go to ``runs/<profile>/``; ``runs/<profile>/run_summary.json`` keeps each notebook's time and
@@ -300,7 +300,7 @@ def _print_summary(results: list[NotebookResult], files: list[Path], figures_dir
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brd-run", description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", nargs="?", default="smoke", help="profile name or path (default: smoke)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. recipes.brd.max_steps=10")
     parser.add_argument("--only", nargs="+", help="run only the stages whose names start with these")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output here")
     args = parser.parse_args(argv)
