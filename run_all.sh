@@ -2,7 +2,7 @@
 # Run the whole study:  ./run_all.sh [profile] [key=value ...]      (default profile: smoke)
 #   ./run_all.sh                          # offline, 2-core CPU, PyPI-shipped models
 #   ./run_all.sh tiny                     # seconds; meaningless numbers (what the tests run)
-#   ./run_all.sh smoke train.max_steps=20 --only 00 03
+#   ./run_all.sh smoke recipes.brd.max_steps=20 --only 00 03
 # Executed notebooks go to runs/<profile>/, tables and figures to figures/<profile>/.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -38,9 +38,9 @@ is refused before anything is encoded.
 
 **Figure 2 (§5.6).** One student per share f of the source passages (variant ``brd_frac<f>``; f = 1 is ``brd``
 itself), scored blind on the test split, plotted against the passages (and tokens) of BRD data, the base student
-at 0. ``analysis.data_size_steps: epochs`` trains each size for ``train.max_steps`` times its share of the BRD
+at 0. ``analysis.data_size_steps: epochs`` trains each size for ``recipes.brd.max_steps`` times its share of the BRD
 tokens, so every point reads its data as many times as ``brd`` does; ``fixed`` trains every size for
-``protocols.ablation_max_steps`` steps (then f = 1 is retrained at those steps so the curve has one schedule).
+``recipes.ablation.max_steps`` steps (then f = 1 is retrained at those steps so the curve has one schedule).
 """
 
 from __future__ import annotations
@@ -297,13 +297,12 @@ def cross_entropy_texts(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tea
                         tasks: Sequence[str] | None = None, progress: bool = True) -> pd.DataFrame:
     """Per text: the teacher's p and each role's q (``q_<role>``), with token counts, for Table 5.
 
-    ``roles`` maps a row name to a model reference (:func:`brdlib.evaluate.resolve_model`); ``teacher`` is the
+    ``roles`` maps a row name to a model reference (:func:`brdlib.store.resolve_model`); ``teacher`` is the
     reference of p. Each model is loaded once; its text probabilities are cached under ``data/<profile>/analysis``.
     """
     import pandas as pd
 
-    from brdlib.evaluate import _scoring_dtype, resolve_model
-    from brdlib.models import free_memory, load_model
+    from brdlib.models import free_memory, load_ref
 
     by_task = cross_entropy_examples(cfg, tasks)
     kind = cfg.analysis.cross_entropy_text
@@ -318,7 +317,7 @@ def cross_entropy_texts(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tea
     average = cfg.analysis.cross_entropy_average
     try:
         for column, ref in [("teacher", teacher), *roles.items()]:
-            loaded = load_model(resolve_model(cfg, ref), device=cfg.resolved_device(), dtype=_scoring_dtype(cfg))
+            loaded = load_ref(cfg, ref)
             log.info("Table 5: %d texts with %s (%s)", len(pairs), column, loaded.spec)
             probs = text_probs(loaded.model, loaded.tokenizer, pairs, cache, cfg.eval.batch_size, progress,
                                special_tokens=cfg.eval.special_tokens, max_length=cfg.eval.max_length)
@@ -591,13 +590,12 @@ def probe_models(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tasks: Seq
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from brdlib.evaluate import _scoring_dtype, resolve_model
-    from brdlib.models import free_memory, load_model
+    from brdlib.models import free_memory, load_ref
 
     data = probing_data(cfg, tasks)
     rows = []
     for role, ref in roles.items():
-        loaded = load_model(resolve_model(cfg, ref), device=cfg.resolved_device(), dtype=_scoring_dtype(cfg))
+        loaded = load_ref(cfg, ref)
         for task, splits in data.items():  # before any encoding: an unbounded set fails here, named
             check_probe_memory(cfg, task, {s: len(exs) for s, exs in splits.items()}, loaded.model.config)
         for task, splits in tqdm(data.items(), desc=f"probing {role}", unit="task", disable=not progress):
@@ -681,17 +679,16 @@ def data_size_plan(cfg: Config) -> pd.DataFrame:
     ensure_variants(cfg, [size_variant_name(f) for f in every])
     cards = {f: load_card(cfg, size_variant_name(f)) for f in every}
     full_tokens = cards[1.0]["tokens"]["tokens"]
-    fixed = cfg.protocols.ablation_max_steps or cfg.train.max_steps
+    full, fixed = cfg.recipes.brd.max_steps, cfg.recipes.ablation.max_steps
     rows = []
     for f in fractions:
         variant, card = size_variant_name(f), cards[f]
         if mode == "epochs":
-            steps = cfg.train.max_steps if f == 1 else max(1, round(cfg.train.max_steps * card["tokens"]["tokens"]
-                                                                    / max(full_tokens, 1)))
+            steps = full if f == 1 else max(1, round(full * card["tokens"]["tokens"] / max(full_tokens, 1)))
             student = variant
         else:
             steps = fixed
-            student = "brd" if f == 1 and fixed == cfg.train.max_steps else f"{variant}_steps{fixed}"
+            student = "brd" if f == 1 and fixed == full else f"{variant}_steps{fixed}"
         rows.append({"fraction": f, "variant": variant, "student": student, "steps": steps,
                      "passages": card["source_passages"], "sentences": card["sentences"], "rows": card["rows"],
                      "tokens": card["tokens"]["tokens"]})
@@ -702,7 +699,7 @@ def train_size_students(cfg: Config, plan: pd.DataFrame, progress: bool = True) 
     """Train (or reuse) the student of each size of ``plan``; returns student name -> directory."""
     from brdlib.train import train_student
 
-    return {r.student: train_student(cfg, r.variant, r.student, max_steps=int(r.steps), progress=progress)
+    return {r.student: train_student(cfg, r.variant, r.student, recipe="brd", max_steps=int(r.steps), progress=progress)
             for r in plan.itertuples()}
 
 

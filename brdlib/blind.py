@@ -91,13 +91,9 @@ def evaluate_blind(cfg: Config, models: Mapping[str, str], progress: bool = True
     return pd.concat(frames, ignore_index=True)
 
 
-def _steps(cfg: Config) -> int | None:
-    return cfg.protocols.ablation_max_steps
-
-
 def train_blind_students(cfg: Config, ablations: bool = True, progress: bool = True) -> dict[str, Path]:
     """Train (or reuse) ``brd`` and ``further`` exactly as notebook 03 does, and with ``ablations`` the Table 12
-    and Table 7 students for ``protocols.ablation_max_steps``; assembles their passages (and runs the teacher
+    and Table 7 students with recipe ``ablation``; assembles their passages (and runs the teacher
     stage) first where missing. Returns name -> student directory."""
     from brdlib.assemble import assemble_all
     from brdlib.train import train_student
@@ -106,11 +102,8 @@ def train_blind_students(cfg: Config, ablations: bool = True, progress: bool = T
     assemble_all(cfg, sorted(set(students.values())))
     out = {}
     for name, variant in students.items():
-        if name in MAIN_STUDENTS:
-            steps = cfg.train.further_max_steps if variant == "ori" else None  # as notebook 03
-        else:
-            steps = _steps(cfg)
-        out[name] = train_student(cfg, variant, name, max_steps=steps, progress=progress)
+        recipe = name if name in MAIN_STUDENTS else "ablation"  # brd and further: notebook 03's recipes
+        out[name] = train_student(cfg, variant, name, recipe=recipe, progress=progress)
     return out
 
 
@@ -141,7 +134,7 @@ def train_two_teacher_students(cfg: Config, teacher_roles: Sequence[str] = ("tea
                                progress: bool = True) -> dict[str, str]:
     """Table 6 (§5.3): annotate the first ``protocols.second_teacher_sentences`` corpus sentences (whole passages)
     with each teacher (resumable; the first teacher's records come from stage 01), assemble the ``brd`` variant on
-    that subset per teacher, and train one student on each for ``protocols.ablation_max_steps`` (same subset, same
+    that subset per teacher, and train one student on each with recipe ``ablation`` (same subset, same
     steps). Returns teacher role -> student name."""
     from brdlib.assemble import assemble_variant, teacher_behaviours
     from brdlib.corpus import load_passages
@@ -158,7 +151,7 @@ def train_two_teacher_students(cfg: Config, teacher_roles: Sequence[str] = ("tea
         behaviours = teacher_behaviours(cfg, passages, role)
         name = subset_student_name(role)
         assemble_variant(cfg, "brd", passages=passages, behaviours=behaviours, teacher_role=role, name=name)
-        train_student(cfg, name, name, max_steps=_steps(cfg), progress=progress)
+        train_student(cfg, name, name, recipe="ablation", progress=progress)
         out[role] = name
     return out
 
@@ -212,33 +205,18 @@ def kd_brd_student_name(kd_role: str) -> str:
     return f"{kd_role}_brd"
 
 
-def kd_brd_config(cfg: Config) -> Config:
-    """The profile with ``train.batch_size``/``max_length``/``optim`` replaced by ``kd.brd_batch_size``/
-    ``brd_max_length``/``brd_optim`` where set (the KD students are ~4x the student's size; smoke trains them smaller,
-    with Adafactor, so that weights, gradients and optimizer state fit 8 GB)."""
-    k = cfg.kd
-    return cfg.with_train({key: value for key, value in (("batch_size", k.brd_batch_size),
-                                                         ("max_length", k.brd_max_length),
-                                                         ("optim", k.brd_optim),
-                                                         ("gradient_checkpointing", k.gradient_checkpointing),
-                                                         ("mmap_threshold_kib", k.mmap_threshold_kib))
-                           if value is not None})
-
-
 def train_kd_brd_students(cfg: Config, kd_refs: Mapping[str, str], progress: bool = True) -> dict[str, str]:
-    """'+BRD' (§5.1): continue training each KD student on D_TRAIN (variant ``brd``) for ``kd.brd_max_steps``
-    (default ``protocols.ablation_max_steps``) at :func:`kd_brd_config`'s batch and length.
-    Returns role (``skd_brd``, ...) -> student name."""
+    """'+BRD' (§5.1): continue training each KD student on D_TRAIN (variant ``brd``) with recipe ``kd_brd`` (the KD
+    students are ~4x the student's size; smoke trains them smaller, with Adafactor, so that weights, gradients and
+    optimizer state fit 8 GB). Returns role (``skd_brd``, ...) -> student name."""
     from brdlib.assemble import assemble_all
     from brdlib.train import train_student
 
     assemble_all(cfg, ["brd"])
-    train_cfg = kd_brd_config(cfg)
     out = {}
     for role, ref in kd_refs.items():
         name = kd_brd_student_name(role)
-        train_student(train_cfg, "brd", name, init=ref, max_steps=cfg.kd.brd_max_steps or _steps(cfg),
-                      progress=progress)
+        train_student(cfg, "brd", name, init=ref, recipe="kd_brd", progress=progress)
         out[name] = name
     return out
 

@@ -70,7 +70,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     """``brd-run [PROFILE] [key=value ...] [--only NN ...]``: execute the study's notebooks in order (papermill)."""
     parser = argparse.ArgumentParser(prog="brd-run", description=runner.__doc__.split("\n\n")[0])
     parser.add_argument("profile", nargs="?", default="smoke", help="profile name or path (default: smoke)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=4")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. recipes.brd.max_steps=10")
     parser.add_argument("--only", nargs="+", help="run only the stages whose names start with these")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output here")
     args = parser.parse_args(argv)

@@ -1,8 +1,9 @@
 """Typed study profiles: ``configs/<name>.yaml`` loaded, overridden and validated in one place.
 
-    brd-config smoke train.max_steps=10        # print the resolved profile
+    brd-config smoke recipes.brd.max_steps=10        # print the resolved profile
     from brdlib.config import load_config
-    cfg = load_config("tiny", ["train.max_steps=3", "seed=1"])
+    cfg = load_config("tiny", ["recipes.brd.max_steps=3", "seed=1"])
+    cfg.recipe("further")                            # the train section with the FURTHER student's recipe applied
 
 Every key is checked at load time: an unknown key, or a value of the wrong type, fails with a
 message that names it and lists what is accepted there.
@@ -264,17 +265,14 @@ class PassagesConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Continued pretraining of the student; defaults are the paper's (A.1)."""
+    """What every student's training shares; defaults are the paper's (A.1). How long each student trains, and the
+    keys some students change, are its recipe's (``recipes``, :meth:`Config.recipe`)."""
 
     learning_rate: float = Field(default=3e-4, gt=0)
     batch_size: int = Field(
         default=8, gt=0, description="global batch (blocks per optimizer step) over all processes"
     )
     max_length: int = Field(default=2048, gt=0, description="tokens per packed block")
-    max_steps: int = Field(default=40_000, gt=0)
-    further_max_steps: int | None = Field(
-        default=None, gt=0, description="steps of the FURTHER student (ORI only; §4: 18,000); null: max_steps"
-    )
     save_steps: int = Field(default=1_000, gt=0)
     save_total_limit: int | None = Field(default=2, gt=0, description="checkpoints kept; null keeps all")
     keep_checkpoints: bool = Field(
@@ -345,13 +343,6 @@ class EvalConfig(_Strict):
 class ProtocolsConfig(_Strict):
     """Students trained beyond BRD and FURTHER: ablations, relaxed and supervised protocols (notebooks 04-06, 09)."""
 
-    ablation_max_steps: int | None = Field(
-        default=None, gt=0, description="steps of ablation/second-teacher/data-size students; null: train.max_steps"
-    )
-    task_max_steps: int | None = Field(
-        default=None, gt=0,
-        description="steps of BRD2, FBRD, TaskDistillation (+BRD), SFT, BRD2-SFT; null: train.max_steps",
-    )
     task_train_examples: int | None = Field(
         default=None, gt=0, description="training inputs per task for the relaxed/supervised protocols; null: all"
     )
@@ -359,12 +350,6 @@ class ProtocolsConfig(_Strict):
         default=None,
         description="tasks of the relaxed/supervised protocols ('bigbench': A.3's reduced set); null: the Table 9 "
         "tasks of data.tasks with the reduced BIG-bench set",
-    )
-    task_batch_size: int | None = Field(
-        default=None, gt=0, description="global batch of the protocol students (blocks/step); null: train.batch_size"
-    )
-    task_max_length: int | None = Field(
-        default=None, gt=0, description="block length of the protocol students (tokens); null: train.max_length"
     )
     teacher_sentences_per_input: int | None = Field(
         default=None, gt=0,
@@ -387,42 +372,20 @@ class ProtocolsConfig(_Strict):
 
 
 class KDConfig(_Strict):
-    """brdlib.kd: token-level KD baselines (Table 4) on a teacher and student that share a vocabulary."""
+    """brdlib.kd: token-level KD baselines (Table 4) on a teacher and student that share a vocabulary; how long
+    and at what shape the KD students train is ``recipes.kd``'s (their '+BRD': ``recipes.kd_brd``)."""
 
     teacher: str = Field(default="teacher", description="role (or model spec) of the KD teacher")
     student: str = Field(default="student", description="role (or model spec) of the KD student")
-    max_steps: int = Field(default=100, gt=0)
-    batch_size: int = Field(default=8, gt=0)
-    max_length: int = Field(default=512, gt=0)
-    learning_rate: float = Field(default=1e-4, gt=0)
     temperature: float = Field(default=1.0, gt=0, description="softmax temperature of both distributions (loss x T^2)")
-    brd_max_steps: int | None = Field(
-        default=None, gt=0,
-        description="steps of Table 4's '+BRD' training of each KD student; None: protocols.ablation_max_steps",
-    )
-    brd_batch_size: int | None = Field(default=None, gt=0, description="'+BRD' batch size; None: train.batch_size")
-    brd_max_length: int | None = Field(default=None, gt=0, description="'+BRD' block length; None: train.max_length")
     teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="dtype of the frozen teacher; auto: the profile's (float32 on CPU)"
-    )
-    brd_optim: str | None = Field(default=None, description="'+BRD' optimizer (TrainingArguments.optim); "
-                                   "None: train.optim")
-    gradient_checkpointing: bool | None = Field(
-        default=None, description="for the KD students and their '+BRD' training; None: train.gradient_checkpointing"
-    )
-    mmap_threshold_kib: int | None = Field(
-        default=None, gt=0, description="for the KD students and their '+BRD' training; None: train.mmap_threshold_kib"
     )
     teacher_logits: Literal["online", "precomputed"] = Field(
         default="online",
         description="online: the teacher runs beside the student at every step (both in memory); precomputed: the "
         "teacher reads the blocks the students train on once and is freed before they load, its logits kept "
         "(blocks x length x vocabulary x 2 bytes: small runs only) so the peak holds one model, not both",
-    )
-    optim: str = Field(
-        default="adamw_torch",
-        description="the Trainer's optimizer name (TrainingArguments.optim) or adafactor_torch; Adafactor keeps no "
-        "first moment and factors the second, saving ~8 bytes per student parameter",
     )
     released: dict[str, str] | None = Field(
         default=None,
@@ -472,8 +435,8 @@ class AnalysisConfig(_Strict):
         default=[0.01, 0.1, 1.0, 10.0], min_length=1, description="inverse L2 strengths tried; chosen on tune"
     )
     data_size_steps: Literal["epochs", "fixed"] = Field(
-        default="epochs", description="'epochs': each size trains train.max_steps x its share of BRD tokens (as "
-        "many passes as the brd student); 'fixed': every size trains protocols.ablation_max_steps"
+        default="epochs", description="'epochs': each size trains recipes.brd.max_steps x its share of BRD tokens "
+        "(as many passes as the brd student); 'fixed': every size trains recipes.ablation.max_steps"
     )
     data_size_fractions: list[float] | None = Field(
         default=None, description="shares of the passages on the Fig. 2 curve; null: passages.size_fractions"
@@ -499,6 +462,69 @@ class AnalysisConfig(_Strict):
             raise ValueError(f"analysis.data_size_fractions must be a non-empty list in (0, 1]; got {value}")
         return sorted(set(value))
 
+RECIPES: dict[str, str] = {
+    "brd": "the BRD student and the other passage variants of notebook 03 (§3.2, A.1)",
+    "further": "the FURTHER student: the ORI passages (§4)",
+    "ablation": "the ablation (Table 12/7), second-teacher (Table 6) and fixed-step data-size (Fig. 2) students",
+    "task": "the protocol students: BRD2, FBRD, TaskDistillation (+BRD), SFT, BRD2-SFT (notebooks 05-06)",
+    "kd": "the token-level KD students, SKD and MiniLLM (Table 3-4)",
+    "kd_brd": "Table 4's '+BRD': each KD student continued on D_TRAIN",
+}
+"""The training recipes every profile states, by the name a caller passes to :meth:`Config.recipe`."""
+
+RECIPE_OVERRIDES = ("batch_size", "max_length", "learning_rate", "optim", "gradient_checkpointing",
+                    "mmap_threshold_kib")
+"""The ``train`` keys a recipe may set for its students (null: the ``train`` section's value)."""
+
+
+class RecipeConfig(_Strict):
+    """How long one kind of student trains, and the ``train`` keys it changes (null: the ``train`` section's)."""
+
+    description: str = ""
+    max_steps: int = Field(gt=0, description="optimizer steps")
+    batch_size: int | None = Field(default=None, gt=0, description="global batch (blocks/step); null: train's")
+    max_length: int | None = Field(default=None, gt=0, description="tokens per packed block; null: train's")
+    learning_rate: float | None = Field(default=None, gt=0, description="null: train's")
+    optim: str | None = Field(default=None, description="TrainingArguments.optim or adafactor_torch; null: train's")
+    gradient_checkpointing: bool | None = Field(default=None, description="null: train's")
+    mmap_threshold_kib: int | None = Field(default=None, gt=0, description="null: train's")
+
+
+class RecipesConfig(_Strict):
+    """One recipe per kind of student (:data:`RECIPES`); every profile states all of them."""
+
+    brd: RecipeConfig
+    further: RecipeConfig
+    ablation: RecipeConfig
+    task: RecipeConfig
+    kd: RecipeConfig
+    kd_brd: RecipeConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_the_recipes(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            missing = [n for n in RECIPES if n not in value]
+            unknown = [str(n) for n in value if n not in RECIPES]
+            if missing or unknown:
+                raise ValueError("recipes must name exactly " + ", ".join(RECIPES)
+                                 + (f"; missing: {', '.join(missing)}" if missing else "")
+                                 + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        return value
+
+
+class TrainRecipe(TrainConfig):
+    """The ``train`` section with one recipe applied (:meth:`Config.recipe`): what one student trains with."""
+
+    recipe: str = Field(description="the recipe's name (a key of RECIPES)")
+    max_steps: int = Field(gt=0)
+    overridden: tuple[str, ...] = Field(default=(), description="the train keys the recipe set")
+
+    def key(self, field: str) -> str:
+        """The profile key ``field``'s value comes from: ``recipes.<name>.<field>`` or ``train.<field>``."""
+        own = field == "max_steps" or field in self.overridden
+        return f"recipes.{self.recipe}.{field}" if own else f"train.{field}"
+
 
 class Config(_Strict):
     """One study profile: models, data, teacher decoding, training, outputs and hardware."""
@@ -517,6 +543,7 @@ class Config(_Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     passages: PassagesConfig = Field(default_factory=PassagesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    recipes: RecipesConfig = Field(description="how long, and at what shape, each kind of student trains")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     protocols: ProtocolsConfig = Field(default_factory=ProtocolsConfig)
     kd: KDConfig = Field(default_factory=KDConfig)
@@ -572,10 +599,18 @@ class Config(_Strict):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "float32"
 
-    def with_train(self, update: Mapping[str, Any]) -> Config:
-        """This profile with the ``train`` keys in ``update`` replaced (a student trained at other settings than
-        the profile's: the protocol students, Table 4's '+BRD'); ``self`` when ``update`` is empty."""
-        return self.model_copy(update={"train": self.train.model_copy(update=dict(update))}) if update else self
+    def recipe(self, name: str, **update: Any) -> TrainRecipe:
+        """The ``train`` section with recipe ``name``'s keys applied (its ``max_steps``; its other keys where set),
+        then ``update`` (e.g. ``save_steps=...``); the one place a student's training settings are resolved."""
+        if name not in RECIPES:
+            raise ConfigError(f"unknown training recipe {name!r}; accepted: {', '.join(RECIPES)}")
+        chosen = getattr(self.recipes, name)
+        own = {key: getattr(chosen, key) for key in RECIPE_OVERRIDES if getattr(chosen, key) is not None}
+        try:
+            return TrainRecipe.model_validate({**self.train.model_dump(), **own, "max_steps": chosen.max_steps,
+                                               "recipe": name, "overridden": tuple(own), **update})
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err, f"recipe {name!r}")) from None
 
     def caption(self) -> str:
         """One line naming the profile, its models and data sizes, for every table and figure."""
@@ -584,7 +619,7 @@ class Config(_Strict):
         return (
             f"profile={self.profile} ({self.scale_note}); teacher={m.teacher}; student={m.student}; "
             f"corpus={self.data.corpus} n_sentences={self.data.n_sentences}; "
-            f"examples/task={self.data.max_examples_per_task or 'all'}; train steps={self.train.max_steps}; "
+            f"examples/task={self.data.max_examples_per_task or 'all'}; train steps={self.recipes.brd.max_steps}; "
             f"text read with special_tokens={self.eval.special_tokens}, left-truncated to {bound}, "
             f"ties={self.eval.tie_break}; dtype={self.dtype}"
         )
@@ -624,7 +659,7 @@ def _resolve_profile_path(name_or_path: str | os.PathLike[str]) -> Path:
 
 
 def parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | str | None) -> dict[str, Any]:
-    """Turn ``["train.max_steps=10", "seed=1"]`` (or a mapping, or one such string) into a dict.
+    """Turn ``["recipes.brd.max_steps=10", "seed=1"]`` (or a mapping, or one such string) into a dict.
 
     Values are parsed as YAML, so ``10`` is an int, ``3e-4`` a float, ``[a, b]`` a list, ``null`` None.
     """
@@ -637,7 +672,7 @@ def parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | str | None) -
     parsed: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=10)")
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. recipes.brd.max_steps=10)")
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key:

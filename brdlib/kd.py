@@ -31,10 +31,11 @@ weights load; a mismatch fails naming both models and their sizes). Logits are c
 size: some checkpoints pad their embedding matrix beyond the tokenizer (Qwen2.5: 151,936 rows), and those rows
 are never a token of the text.
 
-Training runs in the transformers Trainer (``compute_loss`` replaced), with train.py's packing, tokens/s logging,
+Training runs through brdlib.train's one training function (:func:`brdlib.train.train_model`, with the recipe
+``recipes.kd``) in the transformers Trainer (``compute_loss`` replaced), with train.py's packing, tokens/s logging,
 checkpoints every ``train.save_steps`` with resume, and the atomic save: the finished student is written as
 ``students/<name>`` with its tokenizer and a ``train_summary.json`` (same keys as brdlib.train's, so
-:func:`brdlib.train.training_table` and :func:`brdlib.evaluate.resolve_model` work on it) whose fingerprint of the
+:func:`brdlib.train.training_table` and :func:`brdlib.store.resolve_model` work on it) whose fingerprint of the
 inputs makes a later call reuse it, or retrain it when the inputs changed.
 """
 
@@ -44,7 +45,6 @@ import argparse
 import hashlib
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KD_FORMAT_VERSION = 2  # 2: trains on a seeded sample of kd.max_steps x kd.batch_size blocks (kd_blocks)
+KD_FORMAT_VERSION = 2  # 2: trains on a seeded sample of max_steps x batch_size blocks of recipes.kd (kd_blocks)
 """Bump when KD training changes in a way that makes earlier KD students stale."""
 
 
@@ -177,12 +177,6 @@ def kd_texts(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return [r["text"] for r in rows]
 
 
-def kd_or_train(cfg: Config, key: str) -> Any:
-    """``kd.<key>``, else ``train.<key>`` where the KD one is unset: for the KD students and their '+BRD'."""
-    value = getattr(cfg.kd, key)
-    return getattr(cfg.train, key) if value is None else value
-
-
 def _teacher_dtype(cfg: Config) -> str:
     return cfg.resolved_dtype() if cfg.kd.teacher_dtype == "auto" else cfg.kd.teacher_dtype
 
@@ -203,12 +197,12 @@ class KDPlan:
 
 def kd_fingerprint(cfg: Config, kind: str, teacher_id: str, student_id: str, texts: Sequence[str]) -> str:
     """Hash of what determines a KD student's weights (not logging, saving or checkpointing keys)."""
-    k, t = cfg.kd, cfg.train
+    t = cfg.recipe("kd")
     data = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     spec = {
         "v": KD_FORMAT_VERSION, "kind": kind, "teacher": teacher_id, "student": student_id, "data": data,
-        "steps": k.max_steps, "batch": k.batch_size, "len": k.max_length, "lr": k.learning_rate,
-        "T": k.temperature, "teacher_dtype": _teacher_dtype(cfg), "optim": k.optim, "warmup": t.warmup_steps,
+        "steps": t.max_steps, "batch": t.batch_size, "len": t.max_length, "lr": t.learning_rate,
+        "T": cfg.kd.temperature, "teacher_dtype": _teacher_dtype(cfg), "optim": t.optim, "warmup": t.warmup_steps,
         "sched": t.lr_scheduler, "wd": t.weight_decay, "group": t.pack_batch_passages, "seed": cfg.seed,
     }
     if cfg.resolved_dtype() != "float32":
@@ -263,19 +257,19 @@ class TeacherLogits:
 
 
 def kd_blocks(cfg: Config, plan: KDPlan) -> tuple[Any, Any]:
-    """The packed blocks a KD student trains on and the packing summary: a seeded sample of ``kd.max_steps x
-    kd.batch_size`` blocks of D_ORI (all of them, shuffled, when there are fewer: the Trainer then runs epochs), each
-    with its ``index`` (its row in :class:`TeacherLogits`). Both KD kinds train on the same blocks."""
+    """The packed blocks a KD student trains on and the packing summary: a seeded sample of ``recipes.kd``'s
+    ``max_steps x batch_size`` blocks of D_ORI (all of them, shuffled, when there are fewer: the Trainer then runs
+    epochs), each with its ``index`` (its row in :class:`TeacherLogits`). Both KD kinds train on the same blocks."""
     import datasets
 
     from brdlib.train import distributed_state, packed_blocks
 
-    k = cfg.kd
+    t = cfg.recipe("kd")
     data_id = "kd-texts:" + hashlib.sha256("\x00".join(plan.texts).encode()).hexdigest()[:16]
     with distributed_state(cfg).main_process_first():
         blocks, packing, _ = packed_blocks(cfg, data_id, lambda: datasets.Dataset.from_dict({"text": plan.texts}),
-                                           plan.tokenizer, k.max_length, cfg.train.pack_batch_passages)
-    n = min(len(blocks), k.max_steps * k.batch_size)
+                                           plan.tokenizer, t.max_length, t.pack_batch_passages)
+    n = min(len(blocks), t.max_steps * t.batch_size)
     sample = blocks.shuffle(seed=cfg.seed).select(range(n))
     return sample.add_column("index", list(range(n))), packing
 
@@ -290,7 +284,8 @@ def precompute_teacher_logits(cfg: Config, plan: KDPlan, blocks: Any, progress: 
     from brdlib.train import check_max_length
 
     teacher = load_teacher(cfg, plan)
-    check_max_length(cfg.kd.max_length, "kd.max_length", teacher.model.config, plan.teacher_spec)
+    t = cfg.recipe("kd")
+    check_max_length(t.max_length, t.key("max_length"), teacher.model.config, plan.teacher_spec)
     rows = []
     with torch.inference_mode():
         for i in tqdm(range(len(blocks)), desc="teacher logits", unit="block", disable=not progress):
@@ -306,9 +301,9 @@ def precompute_teacher_logits(cfg: Config, plan: KDPlan, blocks: Any, progress: 
 def _make_kd_trainer_class() -> type:
     import torch
 
-    from brdlib.train import _make_trainer_class
+    from brdlib.train import brd_trainer_class
 
-    class KDTrainer(_make_trainer_class()):
+    class KDTrainer(brd_trainer_class()):
         """brdlib.train's Trainer (tokens/s logging) with the KD loss against a frozen teacher."""
 
         kd_teacher: torch.nn.Module | None = None
@@ -350,132 +345,45 @@ def train_kd_student(
 ) -> Path:
     """Distil ``kd.teacher`` into ``kd.student`` with the ``kind`` loss (:data:`KD_KINDS`); save ``students/<name>``.
 
-    ``name`` defaults to ``kind``. A finished student of the same inputs is returned at once (``force`` retrains);
-    an unfinished one resumes from its last complete checkpoint. ``teacher`` (``kd.teacher_logits: online``) or
-    ``teacher_logits`` (``precomputed``): what :func:`ensure_kd_students` made once for both kinds.
+    ``name`` defaults to ``kind``. What is KD's own is prepared here (the plan, the blocks, the teacher or its
+    logits, the trainer's loss); the training itself, with ``recipes.kd``, is :func:`brdlib.train.train_model`'s:
+    a finished student of the same inputs is returned at once (``force`` retrains), an unfinished one resumes from
+    its last complete checkpoint. ``teacher`` (``kd.teacher_logits: online``) or ``teacher_logits``
+    (``precomputed``): what :func:`ensure_kd_students` made once for both kinds.
     """
-    from transformers import TrainingArguments, default_data_collator
+    from brdlib.train import check_max_length, student_dir, train_model
 
-    from brdlib.models import free_memory, load_model, mmap_threshold
-    from brdlib.train import (
-        SUMMARY_FILE,
-        _median,
-        _peak_memory_mb,
-        _swap_into_place,
-        check_max_length,
-        checkpointing_argument,
-        checkpoints_dir,
-        distributed_state,
-        final_checkpoint_callback,
-        last_complete_checkpoint,
-        optimizer_arguments,
-        per_device_batch,
-        run_and_save,
-        student_dir,
-    )
-
-    state = distributed_state(cfg)
     plan = plan_kd_student(cfg, kind, name)
-    name, k = plan.name, cfg.kd
-    out, ckpt = student_dir(cfg, name), checkpoints_dir(cfg, name)
+    t = cfg.recipe("kd")
     if not force and is_current(cfg, plan):
-        log.info("KD student %s is up to date: %s", name, out)
-        return out
-
-    stamp = ckpt / "fingerprint.json"
-    if state.is_main_process:
-        stale = not stamp.is_file() or json.loads(stamp.read_text())["fingerprint"] != plan.fingerprint
-        if ckpt.exists() and (force or stale):
-            log.warning("removing checkpoints of %s made from other inputs: %s", name, ckpt)
-            shutil.rmtree(ckpt)
-        ckpt.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"fingerprint": plan.fingerprint, "kind": kind, "teacher": plan.teacher_spec,
-                                     "student": plan.student_spec}))
-        last_complete_checkpoint(ckpt, remove_partial=True)
-    state.wait_for_everyone()
-    resume = last_complete_checkpoint(ckpt)
-
-    device, dtype = cfg.resolved_device(), cfg.resolved_dtype()
+        log.info("KD student %s is up to date: %s", plan.name, student_dir(cfg, plan.name))
+        return student_dir(cfg, plan.name)
     blocks, packing = kd_blocks(cfg, plan)
-    if k.teacher_logits == "precomputed":  # the teacher comes and goes before the student loads
+    if cfg.kd.teacher_logits == "precomputed":  # the teacher comes and goes before the student loads
         teacher_logits = teacher_logits or precompute_teacher_logits(cfg, plan, blocks, progress)
         teacher_n_params, teacher_dtype = teacher_logits.n_params, teacher_logits.dtype
     else:
         teacher = teacher or load_teacher(cfg, plan)
-        check_max_length(k.max_length, "kd.max_length", teacher.model.config, plan.teacher_spec)
+        check_max_length(t.max_length, t.key("max_length"), teacher.model.config, plan.teacher_spec)
         teacher_n_params, teacher_dtype = teacher.n_params, teacher.dtype
-    loaded = load_model(plan.student_spec, device="cpu", dtype="float32")  # fp32 master weights; autocast below
-    model, tokenizer = loaded.model, loaded.tokenizer
-    model.config.use_cache = False
-    check_max_length(k.max_length, "kd.max_length", model.config, plan.student_spec)
-    per_device = per_device_batch(k.batch_size, state.num_processes, 1)
-    optim_args, optimizer_kwargs = optimizer_arguments(k.optim, k.learning_rate)
-    args = TrainingArguments(
-        output_dir=str(ckpt), max_steps=k.max_steps, per_device_train_batch_size=per_device,
-        learning_rate=k.learning_rate, **optim_args, weight_decay=cfg.train.weight_decay,
-        warmup_steps=cfg.train.warmup_steps,
-        lr_scheduler_type=cfg.train.lr_scheduler, save_strategy="steps", save_steps=cfg.train.save_steps,
-        save_total_limit=cfg.train.save_total_limit, logging_strategy="steps", logging_steps=cfg.train.logging_steps,
-        logging_first_step=True, bf16=dtype == "bfloat16",
-        fp16=device == "cuda" and dtype == "float16", use_cpu=device == "cpu", seed=cfg.seed, data_seed=cfg.seed,
-        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=not progress,
-        dataloader_num_workers=0, ddp_find_unused_parameters=False, ddp_timeout=cfg.train.ddp_timeout,
-        remove_unused_columns=False, **checkpointing_argument(kd_or_train(cfg, "gradient_checkpointing")),
-    )
-    trainer = _make_kd_trainer_class()(
-        model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
-        processing_class=tokenizer, callbacks=[final_checkpoint_callback()],
-        **optimizer_kwargs,
-    )
-    trainer.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer average accumulation
-    if teacher_logits is not None:
-        trainer.kd_logits = teacher_logits.logits
-    else:
-        trainer.kd_teacher = teacher.model.to(args.device)
-    trainer.kd_kind, trainer.kd_temperature, trainer.kd_vocab = kind, k.temperature, plan.vocab_size
-    log.info("KD %s: %s -> %s, %d steps, %d blocks of %d, resume=%s", kind, plan.teacher_spec, plan.student_spec,
-             k.max_steps, packing.blocks, k.max_length, resume)
-    with mmap_threshold(kd_or_train(cfg, "mmap_threshold_kib")):
-        result, seconds, tmp, start_step, start_tokens = run_and_save(trainer, state, model, out, resume)
-    if state.is_main_process:
-        history = [h for h in trainer.state.log_history if "loss" in h]
-        session_tokens = trainer.state.num_input_tokens_seen - start_tokens
-        mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
-        peak_mb, peak_kind = _peak_memory_mb(device)
-        summary = {
-            "name": name, "kind": kind, "kind_description": KD_KINDS[kind], "variant": "ori (KD)",
-            "init": plan.student_spec, "teacher": plan.teacher_spec, "fingerprint": plan.fingerprint,
-            "profile": cfg.profile, "student_spec": loaded.spec, "n_params": loaded.n_params,
-            "teacher_n_params": teacher_n_params, "teacher_dtype": teacher_dtype, "vocab_size": plan.vocab_size,
-            "teacher_logits": k.teacher_logits, "blocks_trained_on": len(blocks),
-            "temperature": k.temperature, "steps": trainer.state.global_step, "max_steps": k.max_steps,
-            "global_batch": k.batch_size, "per_device_batch": per_device, "world_size": state.num_processes,
-            "gradient_accumulation_steps": 1, "max_length": k.max_length, "learning_rate": k.learning_rate,
-            "optim": k.optim,
-            "packing": packing.as_dict(), "epochs": round(trainer.state.epoch or 0.0, 3),
-            "loss_mode": f"{kind}: {'forward' if kind == 'skd' else 'reverse'} KL, T={k.temperature:g}",
-            "device": device, "mixed_precision": mixed,
-            "gradient_checkpointing": kd_or_train(cfg, "gradient_checkpointing"),
-            "resumed_from_step": start_step, "session_seconds": round(seconds, 1),
-            "seconds_per_step": round(seconds / max(1, trainer.state.global_step - start_step), 2),
-            "session_tokens": int(session_tokens),
-            "tokens_per_second": round(session_tokens / seconds, 1) if seconds > 0 else None,
-            "tokens_per_second_logged_median": _median([h.get("tokens_per_second") for h in history]),
-            "mfu_logged_median": None, "tokens_seen": int(trainer.state.num_input_tokens_seen),
-            "first_loss": history[0]["loss"] if history else None,
-            "final_loss": history[-1]["loss"] if history else None,
-            "train_loss_session_mean": result.training_loss,
-            "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind, "log_history": history,
-        }
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
-        _swap_into_place(tmp, out)
-        if not cfg.train.keep_checkpoints:
-            shutil.rmtree(ckpt, ignore_errors=True)
-        log.info("KD student %s saved to %s (%.0f s)", name, out, seconds)
-    state.wait_for_everyone()
-    del trainer, model, loaded
-    free_memory()
-    return out
+
+    def setup(trainer: Any) -> None:
+        if teacher_logits is not None:
+            trainer.kd_logits = teacher_logits.logits
+        else:
+            trainer.kd_teacher = teacher.model.to(trainer.args.device)
+        trainer.kd_kind, trainer.kd_temperature, trainer.kd_vocab = kind, cfg.kd.temperature, plan.vocab_size
+
+    summary = {
+        "kind": kind, "kind_description": KD_KINDS[kind], "variant": "ori (KD)", "teacher": plan.teacher_spec,
+        "teacher_n_params": teacher_n_params, "teacher_dtype": teacher_dtype, "vocab_size": plan.vocab_size,
+        "teacher_logits": cfg.kd.teacher_logits, "blocks_trained_on": len(blocks), "temperature": cfg.kd.temperature,
+        "loss_mode": f"{kind}: {'forward' if kind == 'skd' else 'reverse'} KL, T={cfg.kd.temperature:g}",
+    }
+    return train_model(cfg, t, plan.name, plan.student_spec, lambda _tokenizer: (blocks, packing), plan.fingerprint,
+                       stamp={"kind": kind, "teacher": plan.teacher_spec, "student": plan.student_spec},
+                       trainer_class=_make_kd_trainer_class(), own_loss=True, setup=setup, summary_fields=summary,
+                       force=force, progress=progress)
 
 
 def ensure_kd_students(cfg: Config, *, progress: bool = True) -> dict[str, str]:
@@ -483,7 +391,7 @@ def ensure_kd_students(cfg: Config, *, progress: bool = True) -> dict[str, str]:
 
     With ``kd.released`` (paper profile) the released checkpoints are returned as they are. Otherwise each kind's
     student is trained when missing or stale (the teacher is loaded once for both) and its name is returned
-    (:func:`brdlib.evaluate.resolve_model` finds ``students/<kind>``).
+    (:func:`brdlib.store.resolve_model` finds ``students/<kind>``).
     """
     if cfg.kd.released:
         return {kind: cfg.kd.released[kind] for kind in KD_KINDS}
@@ -515,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m brdlib.kd", description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", help="profile name or path")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. kd.max_steps=10")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. recipes.kd.max_steps=10")
     parser.add_argument("--kind", choices=list(KD_KINDS), help="one kind (default: both, via ensure_kd_students)")
     parser.add_argument("--force", action="store_true", help="retrain even if a finished student exists")
     args = parser.parse_args(argv)

@@ -269,7 +269,7 @@ def table3_figure(cfg: Config) -> object:
 
 def setup_difference(cfg: Config) -> str:
     """How this profile's setup differs from the paper's, in one line (models and scale)."""
-    m, d, t = cfg.models, cfg.data, cfg.train
+    m, d, t = cfg.models, cfg.data, cfg.recipe("brd")
     return (f"teacher {m.teacher} (paper: Vicuna-13B), student {m.student} (paper: XGLM-564M); "
             f"{d.n_sentences:,} corpus sentences from {d.corpus} (paper: 5M from CC-100); {t.max_steps:,} steps of "
             f"{t.batch_size}x{t.max_length} tokens (paper: up to 40,000 of 8x2048); "

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from brdlib.config import Config
+    from brdlib.config import Config, TrainRecipe
     from brdlib.records import BehaviourRecord, TeacherItem
     from brdlib.tasks import Example
     from brdlib.teacher import RunStats
@@ -534,16 +534,12 @@ def example_table(cfg: Config, names: Sequence[str], max_chars: int = 400) -> pd
 # Students, with checkpoints selected on the tune split -----------------------------------------------------------
 
 
-def training_config(cfg: Config) -> Config:
-    """``cfg`` with the protocol students' training keys: ``protocols.task_batch_size``/``task_max_length`` (when
-    set), a checkpoint every ``ceil(steps / protocols.checkpoint_candidates)`` steps, all kept."""
-    p, t = cfg.protocols, cfg.train
-    steps = p.task_max_steps or t.max_steps
-    return cfg.with_train({
-        "batch_size": p.task_batch_size or t.batch_size, "max_length": p.task_max_length or t.max_length,
-        "save_steps": max(1, math.ceil(steps / p.checkpoint_candidates)), "save_total_limit": None,
-        "keep_checkpoints": True,
-    })
+def training_recipe(cfg: Config) -> TrainRecipe:
+    """The protocol students' training: recipe ``task``, with a checkpoint every
+    ``ceil(steps / protocols.checkpoint_candidates)`` steps, all kept."""
+    steps = cfg.recipes.task.max_steps
+    return cfg.recipe("task", save_steps=max(1, math.ceil(steps / cfg.protocols.checkpoint_candidates)),
+                      save_total_limit=None, keep_checkpoints=True)
 
 
 def ensure_brd_student(cfg: Config, progress: bool = True) -> Path:
@@ -631,13 +627,12 @@ def tune_score(cfg: Config, model: str, role: str, tasks: Sequence[str], progres
 
 def train_selected(cfg: Config, name: str, plan: StudentPlan, tasks: Sequence[str],
                    progress: bool = True) -> Selection:
-    """Train (or reuse) student ``name`` as ``plan`` says, with :func:`training_config`'s checkpoints, score every
+    """Train (or reuse) student ``name`` as ``plan`` says, with :func:`training_recipe`'s checkpoints, score every
     candidate on the tune split, keep the best (:func:`select_checkpoint`); the selection is saved and reused."""
     from brdlib.train import checkpoints_dir, load_summary, student_dir, train_student
 
-    tcfg = training_config(cfg)
-    steps = cfg.protocols.task_max_steps or cfg.train.max_steps
-    train_student(tcfg, plan.data, name, plan.init, max_steps=steps, progress=progress)
+    recipe = training_recipe(cfg)
+    train_student(cfg, plan.data, name, plan.init, recipe=recipe, progress=progress)
     summary = load_summary(cfg, name)
     tune = json.dumps([list(tasks), cfg.protocols.tune_max_examples, cfg.eval.rule, cfg.data.split_seed])
     previous = load_selection(cfg, name)
@@ -662,7 +657,7 @@ def train_selected(cfg: Config, name: str, plan: StudentPlan, tasks: Sequence[st
         for step, student in sorted(candidates.items()):
             scores[step] = tune_score(cfg, student, f"{name}@{step}", tasks, progress)
     chosen_step = select_checkpoint(scores) if scores else final_step
-    sel = Selection(name, plan.data, plan.init or "student", steps, summary["fingerprint"], chosen_step,
+    sel = Selection(name, plan.data, plan.init or "student", recipe.max_steps, summary["fingerprint"], chosen_step,
                     candidates[chosen_step],
                     [{"step": s, "student": candidates[s], "tune_score": scores.get(s), "chosen": s == chosen_step}
                      for s in sorted(candidates)], tune)
@@ -722,10 +717,10 @@ def selection_table(selections: Mapping[str, Selection]) -> pd.DataFrame:
 
 def protocol_note(cfg: Config) -> str:
     """The protocol sizes for table titles: training inputs, steps, batch, teacher sentences, evaluation split."""
-    p, t = cfg.protocols, training_config(cfg).train
+    p, t = cfg.protocols, training_recipe(cfg)
     selection = (f"{p.checkpoint_candidates} checkpoints compared on {TUNE_SPLIT}" if p.checkpoint_candidates > 1
                  else "final checkpoint (no tune selection)")
-    return (f"training inputs/task {p.task_train_examples or 'all'}, {p.task_max_steps or cfg.train.max_steps} steps "
+    return (f"training inputs/task {p.task_train_examples or 'all'}, {t.max_steps} steps "
             f"of {t.batch_size} x {t.max_length} tokens, teacher sentences/input "
             f"{p.teacher_sentences_per_input or 'all'}, {selection}, scored on {EVAL_SPLIT}")
 

@@ -1,6 +1,6 @@
 """Execute the study's notebooks in order with papermill (what ``run_all.sh`` calls).
 
-    brd-run smoke train.max_steps=10
+    brd-run smoke recipes.brd.max_steps=10
     brd-run tiny --only 00_setup
 
 Executed copies go to ``runs/<profile>/``; ``runs/<profile>/run_summary.json`` keeps each notebook's time and

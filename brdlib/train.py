@@ -2,7 +2,7 @@
 
     from brdlib.train import train_student
     path = train_student(cfg, "brd", "brd")          # cfg.data_dir/students/brd; load_model(str(path)) loads it
-    path = train_student(cfg, "ori", "further", max_steps=cfg.train.further_max_steps)
+    path = train_student(cfg, "ori", "further", recipe="further")   # the profile's recipes.further
 
 Several GPUs (the paper used four A100s), or two CPU processes to check the DDP path; pack first, in one
 process, so that no rank waits at a barrier while rank 0 tokenises D_TRAIN::
@@ -15,9 +15,10 @@ What it does:
 
 - **Packing.** Each passage is tokenized with the student's tokenizer and closed with eos
   (:func:`brdlib.assemble.encode_passages`); groups of ``train.pack_batch_passages`` passages are concatenated
-  and cut into blocks of exactly ``train.max_length`` tokens. Only the last block of a group is padded, so
-  every token is kept; the padding fraction is reported. Attention spans the passages of a block, as in the
-  usual concatenated pretraining; eos marks the boundaries. The blocks are cached in
+  and cut into blocks of exactly the recipe's ``max_length`` tokens (``train.max_length`` unless the student's
+  recipe, ``recipes.<name>``, sets its own; :meth:`brdlib.config.Config.recipe`). Only the last block of a group
+  is padded, so every token is kept; the padding fraction is reported. Attention spans the passages of a block, as
+  in the usual concatenated pretraining; eos marks the boundaries. The blocks are cached in
   ``cfg.data_dir/packed/<key>`` (key: data, tokenizer, block length, group size; written atomically), so
   ``--pack-only`` before ``accelerate launch`` does the tokenising once and the launched ranks only read it.
 - **Lengths bounded by the model.** A block longer than the model's own maximum positions (GPT-2's
@@ -32,6 +33,9 @@ What it does:
   XGLM (Liger's fused kernel needs Triton and a supported architecture), hence :func:`chunked_causal_lm_loss`.
   It runs inside the model's forward (through the model's own ``loss_function`` hook), so DDP and FSDP see an
   ordinary forward; it is checked against the standard loss on the real model before training starts.
+- **Recipes.** How long each kind of student trains, and at what batch, length and optimizer, is its named recipe
+  (``recipes.brd``, ``further``, ``ablation``, ``task``, ``kd``, ``kd_brd``); :func:`train_model` is the one
+  training path of all of them, the KD students of brdlib.kd included.
 - **Batch.** ``train.batch_size`` is the global batch (the paper's 8), split over processes and
   ``gradient_accumulation_steps``; it must divide evenly.
 - **Precision.** bf16 autocast on a GPU that supports it (``dtype: auto``), float32 on CPU; optional gradient
@@ -74,7 +78,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
-    from brdlib.config import Config
+    from brdlib.config import Config, TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +331,8 @@ def check_max_length(length: int, key: str, config: Any, model: str) -> None:
     """
     limit = max_positions(config)
     if limit is not None and length > limit[0]:
-        hint = (" (train.max_length is set from kd.brd_max_length for Table 4's '+BRD' students and from "
-                "protocols.task_max_length for the protocol students)" if key == "train.max_length" else "")
+        hint = (" (or set max_length in the recipe of these students: recipes.<name>.max_length)"
+                if key == "train.max_length" else "")
         raise TrainError(f"{key}={length} is longer than model {model!r} allows: its config's {limit[1]}="
                          f"{limit[0]} positions; set {key} to at most {limit[0]}{hint}")
 
@@ -473,7 +477,8 @@ def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> 
     return 6 * n_params + 12 * n_layers * hidden * seq_len
 
 
-def _make_trainer_class() -> type:
+def brd_trainer_class() -> type:
+    """The Trainer class every student trains with (brdlib.kd subclasses it with the KD loss)."""
     from transformers import Trainer
 
     class BRDTrainer(Trainer):
@@ -599,11 +604,11 @@ def optimizer_arguments(optim: str, learning_rate: float) -> tuple[dict[str, Any
     return {}, {"optimizer_cls_and_kwargs": (torch.optim.Adafactor, {"lr": learning_rate, "foreach": False})}
 
 
-def training_fingerprint(cfg: Config, variant_fingerprint: str, init_id: str, max_steps: int) -> str:
-    """Hash of what determines a student's weights (not logging, saving or checkpointing keys)."""
-    t = cfg.train
+def training_fingerprint(cfg: Config, t: TrainRecipe, variant_fingerprint: str, init_id: str) -> str:
+    """Hash of what determines a student's weights (not logging, saving or checkpointing keys); ``t``: its
+    resolved recipe (:meth:`brdlib.config.Config.recipe`)."""
     spec = {
-        "v": TRAIN_FORMAT_VERSION, "variant": variant_fingerprint, "init": init_id, "steps": max_steps,
+        "v": TRAIN_FORMAT_VERSION, "variant": variant_fingerprint, "init": init_id, "steps": t.max_steps,
         "lr": t.learning_rate, "batch": t.batch_size, "len": t.max_length, "warmup": t.warmup_steps,
         "sched": t.lr_scheduler, "wd": t.weight_decay, "group": t.pack_batch_passages, "seed": cfg.seed,
     }
@@ -612,6 +617,18 @@ def training_fingerprint(cfg: Config, variant_fingerprint: str, init_id: str, ma
     if cfg.resolved_dtype() != "float32":
         spec["mixed"] = cfg.resolved_dtype()
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_recipe(cfg: Config, recipe: str | TrainRecipe, max_steps: int | None = None) -> TrainRecipe:
+    """``recipe`` resolved (a name: :meth:`brdlib.config.Config.recipe`), with ``max_steps`` in place of its steps
+    where given."""
+    t = cfg.recipe(recipe) if isinstance(recipe, str) else recipe
+    return t.model_copy(update={"max_steps": max_steps}) if max_steps else t
+
+
+def is_up_to_date(cfg: Config, name: str, fingerprint: str) -> bool:
+    """Whether student ``name`` is finished and was trained from the inputs ``fingerprint`` hashes."""
+    return is_trained(cfg, name) and load_summary(cfg, name).get("fingerprint") == fingerprint
 
 
 def _ensure_variant(cfg: Config, variant: str) -> dict[str, Any]:
@@ -715,7 +732,8 @@ def distributed_state(cfg: Config) -> Any:
     return PartialState(cpu=device == "cpu", timeout=timedelta(seconds=cfg.train.ddp_timeout))
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the finished folder ``tmp`` (the old one moved aside first, then removed)."""
     old = out.with_name(f".{out.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -726,12 +744,14 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-def _median(values: Sequence[float | None]) -> float | None:
+def median(values: Sequence[float | None]) -> float | None:
+    """The (upper) median of the values that are not None; None when there are none."""
     present = sorted(v for v in values if v is not None)
     return present[len(present) // 2] if present else None
 
 
-def _peak_memory_mb(device: str) -> tuple[float, str]:
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    """(MB, what was measured): CUDA's max allocated on a GPU, else this process's max RSS."""
     import torch
 
     if device == "cuda" and torch.cuda.is_available():
@@ -741,22 +761,23 @@ def _peak_memory_mb(device: str) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS"
 
 
-def _pack_variant_blocks(cfg: Config, variant: str, card: dict[str, Any],
+def _pack_variant_blocks(cfg: Config, t: TrainRecipe, variant: str, card: dict[str, Any],
                          tokenizer: PreTrainedTokenizerBase) -> tuple[datasets.Dataset, PackingStats, Path]:
     from brdlib.assemble import load_variant
 
     return packed_blocks(cfg, f"variant:{variant}:{card['fingerprint']}", lambda: load_variant(cfg, variant),
-                         tokenizer, cfg.train.max_length, cfg.train.pack_batch_passages)
+                         tokenizer, t.max_length, t.pack_batch_passages)
 
 
-def pack_variant(cfg: Config, variant: str, init: str | None = None) -> tuple[Path, PackingStats]:
-    """Pack passage variant ``variant`` for training from ``init`` (default: the profile's student) into the cache
-    that :func:`train_student` reads, in this one process, without loading any weights; run it before
-    ``accelerate launch`` so that no rank waits at a barrier while rank 0 tokenises. Returns (cache folder, stats).
-    """
+def pack_variant(cfg: Config, variant: str, init: str | None = None,
+                 recipe: str | TrainRecipe = "brd") -> tuple[Path, PackingStats]:
+    """Pack passage variant ``variant`` at ``recipe``'s block length for training from ``init`` (default: the
+    profile's student) into the cache that :func:`train_student` reads, in this one process, without loading any
+    weights; run it before ``accelerate launch`` so that no rank waits at a barrier while rank 0 tokenises.
+    Returns (cache folder, stats)."""
     card = _ensure_variant(cfg, variant)
     spec, _ = resolve_init(cfg, init)
-    _, stats, folder = _pack_variant_blocks(cfg, variant, card, load_tokenizer(spec))
+    _, stats, folder = _pack_variant_blocks(cfg, resolve_recipe(cfg, recipe), variant, card, load_tokenizer(spec))
     return folder, stats
 
 
@@ -766,6 +787,7 @@ def train_student(
     name: str,
     init: str | None = None,
     *,
+    recipe: str | TrainRecipe = "brd",
     max_steps: int | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     force: bool = False,
@@ -774,52 +796,58 @@ def train_student(
     """Continue-pretrain a student on passage variant ``variant`` and save it as ``students/<name>``.
 
     ``init``: a model spec, a directory or a trained student's name to start from (default: the profile's
-    student). ``max_steps`` overrides ``train.max_steps``. A finished student with the same inputs is returned
-    at once (``force`` retrains); an unfinished one resumes from its last complete checkpoint.
+    student). ``recipe``: a recipe name of the profile (``brd``, ``further``, ``ablation``, ``task``, ``kd_brd``) or
+    a resolved one; ``max_steps`` replaces its steps. A finished student with the same inputs is returned at once
+    (``force`` retrains); an unfinished one resumes from its last complete checkpoint (:func:`train_model`).
     """
-    import torch
-    from transformers import TrainingArguments, default_data_collator
-
-    from brdlib.models import free_memory, load_model
-
+    t = resolve_recipe(cfg, recipe, max_steps)
     state = distributed_state(cfg)  # before anything reads the process count
-    t = cfg.train
-    steps = max_steps or t.max_steps
-    out, ckpt = student_dir(cfg, name), checkpoints_dir(cfg, name)
     with state.main_process_first():
         card = _ensure_variant(cfg, variant)
     init_spec, init_id = resolve_init(cfg, init)
-    fingerprint = training_fingerprint(cfg, card["fingerprint"], init_id, steps)
-    if not force and is_trained(cfg, name) and load_summary(cfg, name).get("fingerprint") == fingerprint:
-        log.info("student %s is up to date: %s", name, out)
-        return out
+    fingerprint = training_fingerprint(cfg, t, card["fingerprint"], init_id)
+    if not force and is_up_to_date(cfg, name, fingerprint):
+        log.info("student %s is up to date: %s", name, student_dir(cfg, name))
+        return student_dir(cfg, name)
 
-    # Checkpoints of other inputs cannot be resumed from.
-    stamp = ckpt / "fingerprint.json"
+    def data(tokenizer: PreTrainedTokenizerBase) -> tuple[datasets.Dataset, PackingStats]:
+        with state.main_process_first():  # a no-op wait when --pack-only ran before the launch
+            return _pack_variant_blocks(cfg, t, variant, card, tokenizer)[:2]
+
+    return train_model(cfg, t, name, init_spec, data, fingerprint, stamp={"variant": variant, "init": init_id},
+                       summary_fields={"variant": variant, "variant_rows": card["rows"]}, callbacks=callbacks,
+                       force=force, progress=progress)
+
+
+def _fresh_checkpoints(state: Any, cfg: Config, name: str, stamp: dict[str, Any], force: bool) -> Path | None:
+    """Remove ``name``'s checkpoints made from other inputs (or all, with ``force``) and incomplete ones, stamp
+    the folder with ``stamp`` (its fingerprint and what it names); the checkpoint to resume from, if any."""
+    ckpt = checkpoints_dir(cfg, name)
+    marker = ckpt / "fingerprint.json"
     if state.is_main_process:
-        stale = not stamp.is_file() or json.loads(stamp.read_text())["fingerprint"] != fingerprint
+        stale = not marker.is_file() or json.loads(marker.read_text())["fingerprint"] != stamp["fingerprint"]
         if ckpt.exists() and (force or stale):
             log.warning("removing checkpoints of %s made from other inputs: %s", name, ckpt)
             shutil.rmtree(ckpt)
         ckpt.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"fingerprint": fingerprint, "variant": variant, "init": init_id}))
+        marker.write_text(json.dumps(stamp))
         last_complete_checkpoint(ckpt, remove_partial=True)
     state.wait_for_everyone()
-    resume = last_complete_checkpoint(ckpt)
+    return last_complete_checkpoint(ckpt)
 
-    device = cfg.resolved_device()
-    dtype = cfg.resolved_dtype()
-    loaded = load_model(init_spec, device="cpu", dtype="float32")  # fp32 master weights; autocast below
-    model, tokenizer = loaded.model, loaded.tokenizer
-    model.config.use_cache = False
-    check_max_length(t.max_length, "train.max_length", model.config, init_spec)
-    with state.main_process_first():  # a no-op wait when --pack-only ran before the launch
-        blocks, packing, _ = _pack_variant_blocks(cfg, variant, card, tokenizer)
-    per_device = per_device_batch(t.batch_size, state.num_processes, t.gradient_accumulation_steps)
+
+def training_arguments(cfg: Config, t: TrainRecipe, name: str, world_size: int, *, progress: bool = True,
+                       keep_columns: bool = False) -> tuple[Any, dict[str, Any]]:
+    """``(TrainingArguments, Trainer kwargs)`` of a student trained with recipe ``t`` on ``world_size`` processes;
+    ``keep_columns`` keeps the blocks' columns the model does not take (the KD trainer's ``index``)."""
+    from transformers import TrainingArguments
+
+    device, dtype = cfg.resolved_device(), cfg.resolved_dtype()
+    per_device = per_device_batch(t.batch_size, world_size, t.gradient_accumulation_steps)
     optim_args, optimizer_kwargs = optimizer_arguments(t.optim, t.learning_rate)
     args = TrainingArguments(
-        output_dir=str(ckpt),
-        max_steps=steps,
+        output_dir=str(checkpoints_dir(cfg, name)),
+        max_steps=t.max_steps,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
@@ -845,80 +873,137 @@ def train_student(
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
+        **({"remove_unused_columns": False} if keep_columns else {}),
     )
-    trainer = _make_trainer_class()(
+    return args, optimizer_kwargs
+
+
+def train_model(
+    cfg: Config,
+    recipe: str | TrainRecipe,
+    name: str,
+    init_spec: str,
+    data: Callable[[PreTrainedTokenizerBase], tuple[datasets.Dataset, PackingStats]],
+    fingerprint: str,
+    *,
+    stamp: dict[str, Any] | None = None,
+    trainer_class: type | None = None,
+    own_loss: bool = False,
+    setup: Callable[[Any], None] | None = None,
+    summary_fields: dict[str, Any] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train the model ``init_spec`` with ``recipe`` and save it as ``students/<name>``: the one training path of
+    every student (BRD, FURTHER, ablations, protocol students, '+BRD' and the KD students of brdlib.kd).
+
+    ``data(tokenizer)`` gives the packed blocks and their :class:`PackingStats`; ``fingerprint`` hashes the inputs
+    (stale checkpoints, those of another fingerprint, are removed; ``stamp`` adds what the checkpoint folder's
+    stamp names). ``trainer_class``: a subclass of :func:`brd_trainer_class`'s Trainer; with ``own_loss`` it
+    computes its own loss from the blocks (their extra columns kept; no chunked loss, no MFU; the Trainer averages
+    gradient accumulation). ``setup(trainer)`` runs before training; ``summary_fields`` join (or replace) the
+    summary's. Resumes from the last complete checkpoint; the finished folder is swapped into place atomically.
+    """
+    import torch
+    from transformers import default_data_collator
+
+    from brdlib.models import free_memory, load_model
+
+    t = resolve_recipe(cfg, recipe)
+    state = distributed_state(cfg)
+    resume = _fresh_checkpoints(state, cfg, name, {"fingerprint": fingerprint, **(stamp or {})}, force)
+    loaded = load_model(init_spec, device="cpu", dtype="float32")  # fp32 master weights; autocast below
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.config.use_cache = False
+    check_max_length(t.max_length, t.key("max_length"), model.config, init_spec)
+    blocks, packing = data(tokenizer)
+    args, optimizer_kwargs = training_arguments(cfg, t, name, state.num_processes, progress=progress,
+                                                keep_columns=own_loss)
+    trainer = (trainer_class or brd_trainer_class())(
         model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
-        processing_class=tokenizer, callbacks=[*callbacks, final_checkpoint_callback()],
-        **optimizer_kwargs,
+        processing_class=tokenizer, callbacks=[*callbacks, final_checkpoint_callback()], **optimizer_kwargs,
     )
-    mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
-    if device == "cuda" and mixed != "no":
-        peak = peak_flops(torch.cuda.get_device_name())
-        if peak:
-            trainer.peak_flops_total = peak * state.num_processes
-            trainer.flops_per_token = flops_per_token(loaded.n_params, model.config.num_hidden_layers,
-                                                      model.config.hidden_size, t.max_length)
-    chunked = use_chunked_loss(cfg, model.config.vocab_size)
+    if own_loss:
+        trainer.model_accepts_loss_kwargs = False  # a per-batch mean: the Trainer averages accumulation steps
+    elif cfg.resolved_device() == "cuda" and (args.bf16 or args.fp16) and peak_flops(torch.cuda.get_device_name()):
+        trainer.peak_flops_total = peak_flops(torch.cuda.get_device_name()) * state.num_processes
+        trainer.flops_per_token = flops_per_token(loaded.n_params, model.config.num_hidden_layers,
+                                                  model.config.hidden_size, t.max_length)
+    if setup is not None:
+        setup(trainer)
+    chunked = not own_loss and use_chunked_loss(cfg, model.config.vocab_size)
     if chunked:
         check_chunked_loss(model, t.loss_chunk_tokens)
-    log.info("training %s on %s from %s: %d steps, %d blocks of %d, pad %.2f%%, resume=%s", name, variant,
-             init_spec, steps, packing.blocks, t.max_length, 100 * packing.pad_fraction, resume)
+    log.info("training %s (recipe %s) from %s: %d steps, %d blocks of %d, pad %.2f%%, resume=%s", name, t.recipe,
+             init_spec, t.max_steps, packing.blocks, t.max_length, 100 * packing.pad_fraction, resume)
+    out = student_dir(cfg, name)
     loss_context = chunked_loss(model, t.loss_chunk_tokens) if chunked else contextlib.nullcontext()
     with mmap_threshold(t.mmap_threshold_kib):
         result, seconds, tmp, start_step, start_tokens = run_and_save(trainer, state, model, out, resume, loss_context)
     if state.is_main_process:
-        history = [h for h in trainer.state.log_history if "loss" in h]
-        session_tokens = trainer.state.num_input_tokens_seen - start_tokens
-        peak_mb, peak_kind = _peak_memory_mb(device)
-        summary = {
-            "name": name, "variant": variant, "variant_rows": card["rows"], "init": init_spec,
-            "fingerprint": fingerprint, "profile": cfg.profile, "student_spec": loaded.spec,
-            "n_params": loaded.n_params, "steps": trainer.state.global_step, "max_steps": steps,
-            "global_batch": t.batch_size, "per_device_batch": per_device, "world_size": state.num_processes,
-            "gradient_accumulation_steps": t.gradient_accumulation_steps, "max_length": t.max_length,
-            "learning_rate": t.learning_rate, "optim": t.optim, "packing": packing.as_dict(),
-            "epochs": round(trainer.state.epoch or 0.0, 3), "loss_mode": "chunked" if chunked else "standard",
-            "device": device, "mixed_precision": mixed, "gradient_checkpointing": t.gradient_checkpointing,
-            "distributed_type": str(state.distributed_type.value),
-            "resumed_from_step": start_step, "session_seconds": round(seconds, 1),
-            "session_tokens": int(session_tokens),
-            "tokens_per_second": round(session_tokens / seconds, 1) if seconds > 0 else None,
-            "tokens_per_second_logged_median": _median([h.get("tokens_per_second") for h in history]),
-            "mfu_logged_median": _median([h.get("mfu") for h in history]),
-            "tokens_seen": int(trainer.state.num_input_tokens_seen),
-            "first_loss": history[0]["loss"] if history else None,
-            "final_loss": history[-1]["loss"] if history else None,
-            "train_loss_session_mean": result.training_loss,
-            "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind,
-            "log_history": history,
-        }
+        summary = {**training_summary(cfg, t, trainer, state, loaded, chunked, result, seconds, start_step,
+                                      start_tokens), "name": name, "init": init_spec, "fingerprint": fingerprint,
+                   "packing": packing.as_dict(), **(summary_fields or {})}
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
         if not t.keep_checkpoints:
-            shutil.rmtree(ckpt, ignore_errors=True)
-        log.info("student %s saved to %s", name, out)
+            shutil.rmtree(checkpoints_dir(cfg, name), ignore_errors=True)
+        log.info("student %s saved to %s (%.0f s)", name, out, seconds)
     state.wait_for_everyone()
     del trainer, model, loaded
     free_memory()  # the next model loads into this process's memory, not beside what glibc kept of this one
     return out
 
 
+def training_summary(cfg: Config, t: TrainRecipe, trainer: Any, state: Any, loaded: Any, chunked: bool,
+                     result: Any, seconds: float, start_step: int, start_tokens: int) -> dict[str, Any]:
+    """The ``train_summary.json`` fields every student shares (:func:`train_model` adds name, data and init)."""
+    device, args = cfg.resolved_device(), trainer.args
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    session_tokens = trainer.state.num_input_tokens_seen - start_tokens
+    peak_mb, peak_kind = peak_memory_mb(device)
+    return {
+        "profile": cfg.profile, "recipe": t.recipe, "student_spec": loaded.spec, "n_params": loaded.n_params,
+        "steps": trainer.state.global_step, "max_steps": t.max_steps,
+        "global_batch": t.batch_size, "per_device_batch": args.per_device_train_batch_size,
+        "world_size": state.num_processes, "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "max_length": t.max_length, "learning_rate": t.learning_rate, "optim": t.optim,
+        "epochs": round(trainer.state.epoch or 0.0, 3), "loss_mode": "chunked" if chunked else "standard",
+        "device": device, "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+        "gradient_checkpointing": t.gradient_checkpointing, "distributed_type": str(state.distributed_type.value),
+        "resumed_from_step": start_step, "session_seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(1, trainer.state.global_step - start_step), 2),
+        "session_tokens": int(session_tokens),
+        "tokens_per_second": round(session_tokens / seconds, 1) if seconds > 0 else None,
+        "tokens_per_second_logged_median": median([h.get("tokens_per_second") for h in history]),
+        "mfu_logged_median": median([h.get("mfu") for h in history]),
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_loss_session_mean": result.training_loss,
+        "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind, "log_history": history,
+    }
+
+
 # Tables and figures for notebook 03 ---------------------------------------------------------------------------
 
 
 def settings_table(cfg: Config) -> pd.DataFrame:
-    """The profile's training settings beside the paper's (A.1; FURTHER's steps from §4)."""
+    """The profile's training settings beside the paper's (A.1; the steps of recipes brd and further, §4)."""
     import pandas as pd
 
     from brdlib.config import load_config
 
-    paper, ours = load_config("paper").train, cfg.train
-    rows = [(label, getattr(paper, key), getattr(ours, key)) for label, key in [
-        ("learning rate", "learning_rate"), ("global batch (blocks/step)", "batch_size"),
-        ("block length (tokens)", "max_length"), ("steps, BRD", "max_steps"),
-        ("steps, FURTHER", "further_max_steps"), ("checkpoint every (steps)", "save_steps"),
+    paper, ours = load_config("paper"), cfg
+    rows = [(label, get(paper), get(ours)) for label, get in [
+        ("learning rate", lambda c: c.train.learning_rate),
+        ("global batch (blocks/step)", lambda c: c.train.batch_size),
+        ("block length (tokens)", lambda c: c.train.max_length), ("steps, BRD", lambda c: c.recipes.brd.max_steps),
+        ("steps, FURTHER", lambda c: c.recipes.further.max_steps),
+        ("checkpoint every (steps)", lambda c: c.train.save_steps),
+        ("tokens per step", lambda c: c.train.batch_size * c.train.max_length),
     ]]
-    rows.append(("tokens per step", paper.batch_size * paper.max_length, ours.batch_size * ours.max_length))
     return pd.DataFrame(rows, columns=["setting", "paper", f"this profile ({cfg.profile})"])
 
 
@@ -957,17 +1042,20 @@ def loss_curve_figure(summaries: Sequence[dict[str, Any]], title: str = "") -> F
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m brdlib.train PROFILE [key=value ...] --variant brd --name brd [--init SPEC] [--max-steps N]``;
+    """``python -m brdlib.train PROFILE [key=value ...] --variant brd --name brd [--init SPEC] [--recipe R]
+    [--max-steps N]``;
     with ``--pack-only``, only pack the variant into the cache the training reads (run it before accelerate launch)."""
-    from brdlib.config import ConfigError, load_config
+    from brdlib.config import RECIPES, ConfigError, load_config
 
     parser = argparse.ArgumentParser(prog="python -m brdlib.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", help="profile name or path")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. recipes.brd.max_steps=10")
     parser.add_argument("--variant", default="brd", help="passage variant to train on (default: brd)")
     parser.add_argument("--name", help="student name (default: the variant's; 'further' for ori)")
     parser.add_argument("--init", help="model spec, directory or trained student to start from")
-    parser.add_argument("--max-steps", type=int, help="override the number of steps")
+    parser.add_argument("--recipe", choices=list(RECIPES),
+                        help="the profile's training recipe (default: further for ori, else brd)")
+    parser.add_argument("--max-steps", type=int, help="steps instead of the recipe's")
     parser.add_argument("--force", action="store_true", help="retrain even if a finished student exists")
     parser.add_argument("--pack-only", action="store_true",
                         help="tokenise and pack the variant into the cache the training reads, then stop")
@@ -975,14 +1063,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.profile, args.overrides)
+        recipe = args.recipe or ("further" if args.variant == "ori" else "brd")
         if args.pack_only:
-            folder, stats = pack_variant(cfg, args.variant, args.init)
+            folder, stats = pack_variant(cfg, args.variant, args.init, recipe)
             print(f"variant {args.variant!r}: {stats.blocks} blocks of {stats.block_size} tokens "
                   f"({stats.real_tokens} real) in {folder}")
             return 0
         name = args.name or ("further" if args.variant == "ori" else args.variant)
-        steps = args.max_steps or (cfg.train.further_max_steps if args.variant == "ori" else None)
-        path = train_student(cfg, args.variant, name, args.init, max_steps=steps, force=args.force)
+        path = train_student(cfg, args.variant, name, args.init, recipe=recipe, max_steps=args.max_steps,
+                             force=args.force)
     except (ConfigError, TrainError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -301,13 +301,14 @@ def test_kd_rows_name_the_init_model_only_when_trained_here(cfg):
 
 
 def test_kd_brd_training_uses_its_own_batch_and_length(cfg):
-    assert (cfg.kd.brd_batch_size, cfg.kd.brd_max_length) == (1, 32)
-    derived = blind.kd_brd_config(cfg)
-    assert (derived.train.batch_size, derived.train.max_length) == (1, 32)
-    assert derived.train.learning_rate == cfg.train.learning_rate and derived.data == cfg.data
+    derived = cfg.recipe("kd_brd")
+    assert (derived.batch_size, derived.max_length, derived.max_steps) == (1, 32, 1)
+    assert derived.learning_rate == cfg.train.learning_rate
     assert (cfg.train.batch_size, cfg.train.max_length) != (1, 32)  # the profile itself is untouched
-    unset = cfg.model_copy(update={"kd": cfg.kd.model_copy(update={"brd_batch_size": None, "brd_max_length": None})})
-    assert blind.kd_brd_config(unset) is unset
+    unset = cfg.recipes.model_copy(update={"kd_brd": cfg.recipes.kd_brd.model_copy(
+        update={"batch_size": None, "max_length": None})})
+    plain = cfg.model_copy(update={"recipes": unset}).recipe("kd_brd")
+    assert (plain.batch_size, plain.max_length) == (cfg.train.batch_size, cfg.train.max_length)
 
 
 # The readings in the predictions and the tables (issue 15): ties, truncation, start token -----------------------

@@ -1,5 +1,5 @@
 """brdlib.kd: the forward/reverse KL losses on hand-made logits, a KD step lowering the KL, tiny KD students that
-are saved, found by evaluate.resolve_model, reused when up to date and retrained when stale, the vocabulary
+are saved, found by store.resolve_model, reused when up to date and retrained when stale, the vocabulary
 check, and released checkpoints used without training."""
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def test_training_with_a_teacher_of_another_vocabulary_fails_clearly(tmp_path):
 
 
 def test_a_kd_block_longer_than_the_student_allows_is_refused(tmp_path):
-    """kd.max_length past a GPT-2 student's n_positions crashed at the first step; now an error names the key."""
+    """A KD length past a GPT-2 student's n_positions crashed at the first step; now an error names the key."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = tiny_tokenizer()
@@ -185,9 +185,10 @@ def test_a_kd_block_longer_than_the_student_allows_is_refused(tmp_path):
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2))
     gpt2.save_pretrained(tmp_path / "gpt2")
     tok.save_pretrained(tmp_path / "gpt2")
-    cfg = tiny_cfg(tmp_path / "out", f"kd.student={tmp_path / 'gpt2'}", "kd.max_length=64")
-    with pytest.raises(TrainError, match=r"kd\.max_length=64 is longer than model .*gpt2' allows: its config's "
-                                         r"n_positions=32 positions; set kd\.max_length to at most 32"):
+    cfg = tiny_cfg(tmp_path / "out", f"kd.student={tmp_path / 'gpt2'}", "recipes.kd.max_length=64")
+    with pytest.raises(TrainError, match=r"recipes\.kd\.max_length=64 is longer than model .*gpt2' allows: its "
+                                         r"config's n_positions=32 positions; set recipes\.kd\.max_length to at "
+                                         r"most 32"):
         train_kd_student(cfg, "skd", progress=False)
     assert not (cfg.data_dir / "students" / "skd").exists()
 
@@ -218,7 +219,10 @@ def test_tiny_kd_students_are_saved_found_and_reused(tmp_path):
         path = student_dir(cfg, kind)
         assert resolve_model(cfg, kind).spec == str(path)
         summary = load_summary(cfg, kind)
-        assert summary["kind"] == kind and summary["steps"] == cfg.kd.max_steps
+        assert summary["kind"] == kind and summary["steps"] == summary["max_steps"] == cfg.recipe("kd").max_steps
+        # written by brdlib.train's one training path, with recipe kd's settings
+        assert summary["recipe"] == "kd" and summary["learning_rate"] == cfg.recipe("kd").learning_rate == 1e-4
+        assert summary["global_batch"] == 2 and summary["max_length"] == 64 and summary["loss_mode"].startswith(kind)
         assert summary["teacher"] == "tiny-random:1" and summary["init"] == "tiny-random:0"
         assert summary["first_loss"] is not None and summary["tokens_per_second"] > 0
         loaded = load_model(str(path))
@@ -234,7 +238,7 @@ def test_tiny_kd_students_are_saved_found_and_reused(tmp_path):
     assert (student_dir(cfg, "skd") / SUMMARY_FILE).stat().st_mtime_ns == stamp
 
     # stale: another learning rate retrains
-    cfg2 = tiny_cfg(tmp_path, "kd.learning_rate=5e-4")
+    cfg2 = tiny_cfg(tmp_path, "recipes.kd.learning_rate=5e-4")
     train_kd_student(cfg2, "skd", progress=False)
     new = json.loads((student_dir(cfg2, "skd") / SUMMARY_FILE).read_text())
     assert new["learning_rate"] == 5e-4 and new["fingerprint"] != load_summary(cfg, "minillm")["fingerprint"]
@@ -271,15 +275,15 @@ def test_precomputed_teacher_logits_train_the_same_students_as_the_online_teache
     for both kinds, one forward per block."""
     import brdlib.kd as kd_mod
 
-    online = tiny_cfg(tmp_path / "online", "kd.batch_size=1")
-    pre = tiny_cfg(tmp_path / "pre", "kd.batch_size=1", "kd.teacher_logits=precomputed")
+    online = tiny_cfg(tmp_path / "online", "recipes.kd.batch_size=1")
+    pre = tiny_cfg(tmp_path / "pre", "recipes.kd.batch_size=1", "kd.teacher_logits=precomputed")
     calls = []
     real = kd_mod.precompute_teacher_logits
     monkeypatch.setattr(kd_mod, "precompute_teacher_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert ensure_kd_students(pre, progress=False) == ensure_kd_students(online, progress=False)
     assert calls == [1]
     blocks, _ = kd_mod.kd_blocks(pre, plan_kd_student(pre, "skd"))
-    assert len(blocks) == pre.kd.max_steps and sorted(blocks["index"]) == list(range(len(blocks)))
+    assert len(blocks) == pre.recipe("kd").max_steps and sorted(blocks["index"]) == list(range(len(blocks)))
     for kind in KD_KINDS:
         a, b = load_model(str(student_dir(online, kind))).model, load_model(str(student_dir(pre, kind))).model
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
@@ -292,17 +296,40 @@ def test_plus_brd_trains_with_kd_brd_optim(tmp_path, monkeypatch):
     Adafactor holds ~0.5 GB more at its step), and it is the optimizer that steps; the summary says so."""
     import torch
 
-    from brdlib.blind import kd_brd_config, train_kd_brd_students
+    from brdlib.blind import train_kd_brd_students
 
-    assert kd_brd_config(load_config("smoke")).train.optim == "adafactor_torch"
-    assert load_config("smoke").kd.optim == "adafactor_torch"
-    assert kd_brd_config(load_config("smoke")).train.mmap_threshold_kib == 256
-    cfg = tiny_cfg(tmp_path, "kd.brd_optim=adafactor_torch")
-    assert kd_brd_config(tiny_cfg(tmp_path)).train.optim == "adamw_torch"
+    assert load_config("smoke").recipe("kd_brd").optim == "adafactor_torch"
+    assert load_config("smoke").recipe("kd").optim == "adafactor_torch"
+    assert load_config("smoke").recipe("kd_brd").mmap_threshold_kib == 256
+    cfg = tiny_cfg(tmp_path, "recipes.kd_brd.optim=adafactor_torch")
+    assert tiny_cfg(tmp_path).recipe("kd_brd").optim == "adamw_torch"
     refs = ensure_kd_students(cfg, progress=False)
     steps, real_step = [], torch.optim.Adafactor.step
     monkeypatch.setattr(torch.optim.Adafactor, "step",
                         lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
     names = train_kd_brd_students(cfg, {"skd": refs["skd"]}, progress=False)
     assert load_summary(cfg, names["skd_brd"])["optim"] == "adafactor_torch"
-    assert len(steps) == cfg.kd.brd_max_steps == 1
+    assert load_summary(cfg, names["skd_brd"])["recipe"] == "kd_brd"
+    assert len(steps) == cfg.recipe("kd_brd").max_steps == 1
+
+
+def test_kd_trains_through_the_one_training_function():
+    """kd.py keeps what is KD's own and trains through brdlib.train.train_model; it imports no private name of
+    brdlib.train, and no function of either module is over 80 lines."""
+    import ast
+    import inspect
+
+    import brdlib.kd
+    import brdlib.train
+
+    tree = ast.parse(inspect.getsource(brdlib.kd))
+    private = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "brdlib.train"
+               for a in node.names if a.name.startswith("_")]
+    assert not private, f"kd.py imports private names of brdlib.train: {private}"
+    train_kd = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train_kd_student")
+    called = {n.func.id for n in ast.walk(train_kd) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert "train_model" in called and "TrainingArguments" not in called and "run_and_save" not in called
+    for module in (brdlib.kd, brdlib.train):
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno + 1 <= 80, f"{module.__name__}.{node.name} is over 80 lines"

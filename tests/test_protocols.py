@@ -182,18 +182,19 @@ def test_select_checkpoint_picks_the_best_tune_score():
         P.select_checkpoint({1: float("nan"), 2: 3.0})
 
 
-def test_training_config_saves_evenly_spaced_checkpoints(tmp_path):
-    cfg = tiny_cfg(tmp_path, "protocols.task_max_steps=6", "protocols.checkpoint_candidates=3",
-                   "protocols.task_batch_size=4", "protocols.task_max_length=32")
-    t = P.training_config(cfg).train
+def test_training_recipe_saves_evenly_spaced_checkpoints(tmp_path):
+    cfg = tiny_cfg(tmp_path, "recipes.task.max_steps=6", "protocols.checkpoint_candidates=3",
+                   "recipes.task.batch_size=4", "recipes.task.max_length=32")
+    t = P.training_recipe(cfg)
     assert (t.save_steps, t.keep_checkpoints, t.save_total_limit, t.batch_size, t.max_length) == (2, True, None, 4, 32)
+    assert t.recipe == "task" and t.max_steps == 6
     assert cfg.train.save_steps == 2 and cfg.train.batch_size == 2  # the profile itself is unchanged
 
 
 def test_train_selected_keeps_the_best_tune_checkpoint(tmp_path, monkeypatch):
     from brdlib.train import checkpoints_dir, is_trained, load_summary
 
-    cfg = tiny_cfg(tmp_path, "protocols.task_max_steps=2", "protocols.checkpoint_candidates=2")
+    cfg = tiny_cfg(tmp_path, "recipes.task.max_steps=2", "protocols.checkpoint_candidates=2")
     rows = P.sft_rows(P.train_inputs(cfg, ["rte", "sst2"]))
     P.save_rows(cfg, "toy_sft", rows, "toy")
     made_up = {"toy.step1": 80.0, "toy": 55.0}  # hand-made tune scores: the intermediate checkpoint wins
@@ -220,7 +221,7 @@ def test_train_selected_keeps_the_best_tune_checkpoint(tmp_path, monkeypatch):
     # other tune settings: the kept candidates are scored again
     calls.clear()
     monkeypatch.setattr(P, "tune_score", fake_tune_score)
-    other = tiny_cfg(tmp_path, "protocols.task_max_steps=2", "protocols.tune_max_examples=1")
+    other = tiny_cfg(tmp_path, "recipes.task.max_steps=2", "protocols.tune_max_examples=1")
     assert P.train_selected(other, "toy", plan, ["rte"], progress=False).chosen == "toy.step1"
     assert sorted(calls) == ["toy", "toy.step1"]
     table = P.selection_table({"sft": sel})
@@ -269,7 +270,7 @@ def test_table4_plus_brd_is_the_task_distillation_student_trained_further_on_brd
 def test_a_plan_starts_from_the_chosen_checkpoint_of_an_earlier_plan(tmp_path, monkeypatch):
     from brdlib.train import load_summary, student_dir
 
-    cfg = tiny_cfg(tmp_path, "protocols.task_max_steps=2", "protocols.checkpoint_candidates=2")
+    cfg = tiny_cfg(tmp_path, "recipes.task.max_steps=2", "protocols.checkpoint_candidates=2")
     P.save_rows(cfg, "toy_sft", P.sft_rows(P.train_inputs(cfg, ["rte"])), "toy")
     P.save_rows(cfg, "toy_sft2", P.sft_rows(P.train_inputs(cfg, ["sst2"])), "toy")
     scores = {"td.step1": 80.0, "td": 55.0, "td_brd.step1": 10.0, "td_brd": 20.0}

@@ -209,7 +209,7 @@ def test_incomplete_checkpoints_are_skipped(tmp_path):
 @pytest.fixture
 def tiny_brd(tmp_path):
     """A tiny profile under tmp_path with the brd and ori variants assembled from fixtures."""
-    cfg = tiny_cfg(tmp_path, "train.max_steps=4", "train.save_steps=2")
+    cfg = tiny_cfg(tmp_path, "recipes.brd.max_steps=4", "train.save_steps=2")
     passages, recs = corpus(12)
     for variant in ("brd", "ori"):
         assemble_variant(cfg, variant, passages=passages, behaviours=recs)
@@ -238,7 +238,7 @@ KILL_AFTER_SAVE = textwrap.dedent("""
             if state.global_step == int(sys.argv[2]):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    cfg = load_config("tiny", [f"output_root={sys.argv[1]}", "train.max_steps=4", "train.save_steps=2"])
+    cfg = load_config("tiny", [f"output_root={sys.argv[1]}", "recipes.brd.max_steps=4", "train.save_steps=2"])
     train_student(cfg, "brd", "resumed", callbacks=[KillAfterSave()], progress=False)
 """)
 
@@ -276,9 +276,10 @@ def test_the_last_step_writes_the_student_not_a_checkpoint_too(tiny_brd):
 
     runs = {}
     for name, steps, keep in [("dropped", 4, False), ("odd_end", 3, True), ("kept", 4, True)]:
-        cfg = tiny_brd.with_train({"keep_checkpoints": keep})
+        cfg = tiny_brd
         saves = Saves()
-        train_student(cfg, "brd", name, max_steps=steps, callbacks=[saves], progress=False)
+        train_student(cfg, "brd", name, recipe=cfg.recipe("brd", keep_checkpoints=keep), max_steps=steps,
+                      callbacks=[saves], progress=False)
         runs[name] = saves.steps
         assert load_summary(cfg, name)["steps"] == steps and has_weights(student_dir(cfg, name))
     assert runs == {"dropped": [2], "odd_end": [2], "kept": [2]}
@@ -287,18 +288,19 @@ def test_the_last_step_writes_the_student_not_a_checkpoint_too(tiny_brd):
 
 def test_finished_student_is_reused_and_loads_by_path(tiny_brd):
     cfg = tiny_brd
-    path = train_student(cfg, "ori", "further", max_steps=2, progress=False)
+    path = train_student(cfg, "ori", "further", recipe="further", progress=False)
     summary = load_summary(cfg, "further")
-    assert summary["steps"] == 2 and summary["variant"] == "ori"
+    assert summary["steps"] == summary["max_steps"] == cfg.recipe("further").max_steps == 2
+    assert summary["variant"] == "ori" and summary["recipe"] == "further"
     assert summary["packing"]["pad_tokens"] < 128  # one partial block
     assert summary["tokens_per_second"] > 0 and summary["first_loss"] > 0 and len(summary["log_history"]) == 2
     stamp = (path / "train_summary.json").stat().st_mtime_ns
-    assert train_student(cfg, "ori", "further", max_steps=2, progress=False) == path
+    assert train_student(cfg, "ori", "further", recipe=cfg.recipe("further"), progress=False) == path
     assert (path / "train_summary.json").stat().st_mtime_ns == stamp  # reused, not retrained
     loaded = load_model(str(path))
     assert loaded.kind == "local" and loaded.tokenizer.eos_token == "<|endoftext|>"
     # another step count is another student: retrained in place
-    train_student(cfg, "ori", "further", max_steps=3, progress=False)
+    train_student(cfg, "ori", "further", recipe="further", max_steps=3, progress=False)
     assert load_summary(cfg, "further")["steps"] == 3
     # init from a trained student by name (BRD² starts from XGLM-BRD)
     train_student(cfg, "brd", "brd2", init="further", max_steps=1, progress=False)
@@ -314,7 +316,7 @@ def test_ddp_two_cpu_processes_trains_the_same_model(tiny_brd, tmp_path):
     cfg = tiny_brd
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = ["accelerate", "launch", "--config_file", str(REPO_ROOT / "configs/accelerate/cpu_2proc.yaml"),
-           "-m", "brdlib.train", "tiny", f"output_root={tmp_path}", "train.max_steps=4", "train.save_steps=2",
+           "-m", "brdlib.train", "tiny", f"output_root={tmp_path}", "recipes.brd.max_steps=4", "train.save_steps=2",
            "--variant", "brd", "--name", "ddp"]
     run = subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
@@ -333,7 +335,7 @@ def test_ddp_two_cpu_processes_trains_the_same_model(tiny_brd, tmp_path):
 def test_chunked_loss_and_gradient_checkpointing_train_like_the_standard_loss(tiny_brd, tmp_path):
     cfg = tiny_brd
     train_student(cfg, "brd", "standard", max_steps=2, progress=False)
-    other = tiny_cfg(tmp_path, "train.max_steps=4", "train.save_steps=2", "train.loss=chunked",
+    other = tiny_cfg(tmp_path, "recipes.brd.max_steps=4", "train.save_steps=2", "train.loss=chunked",
                      "train.loss_chunk_tokens=50", "train.gradient_checkpointing=true")
     train_student(other, "brd", "chunked", max_steps=2, progress=False)
     a, b = load_summary(cfg, "standard"), load_summary(other, "chunked")
@@ -362,9 +364,14 @@ def test_a_block_longer_than_the_model_allows_is_refused(tiny_brd, tmp_path):
     """Table 4's '+BRD' on GPT-2 students (1,024 positions) at the student's 2,048 crashed at step one."""
     gpt2 = str(_tiny_gpt2(tmp_path / "gpt2", n_positions=64))
     with pytest.raises(TrainError, match=r"train\.max_length=128 is longer than model .*gpt2.* n_positions=64 "
-                                         r"positions; set train\.max_length to at most 64.*kd\.brd_max_length"):
+                                         r"positions; set train\.max_length to at most 64.*recipes\.<name>"):
         train_student(tiny_brd, "brd", "long", init=gpt2, max_steps=1, progress=False)
     assert not student_dir(tiny_brd, "long").exists()
+    # a recipe that sets its own length is named as the key to change
+    with pytest.raises(TrainError, match=r"recipes\.kd_brd\.max_length=96 is longer .* set recipes\.kd_brd\."
+                                         r"max_length to at most 64"):
+        train_student(tiny_cfg(tmp_path, "recipes.kd_brd.max_length=96"), "brd", "long", init=gpt2,
+                      recipe="kd_brd", progress=False)
     fits = tiny_cfg(tmp_path, "train.max_length=64")
     train_student(fits, "brd", "fits", init=gpt2, max_steps=1, progress=False)
     assert load_summary(fits, "fits")["max_length"] == 64
@@ -420,7 +427,7 @@ def test_timeout_and_gradient_checkpointing_reach_the_trainer(tiny_brd, tmp_path
 def test_paper_profile_fits_its_models():
     """'+BRD' on the released GPT-2 760M students (n_positions 1,024); XGLM-564M at 2x2,048 per GPU checkpointed."""
     cfg = load_config("paper")
-    assert cfg.kd.brd_max_length <= 1024 and cfg.train.max_length <= 2048
+    assert cfg.recipe("kd_brd").max_length <= 1024 and cfg.recipe("brd").max_length <= 2048
     assert cfg.train.gradient_checkpointing and cfg.train.ddp_timeout >= 3600
 
 
@@ -458,7 +465,7 @@ def test_fsdp_two_cpu_processes_save_a_student_that_loads_and_scores(tiny_brd, t
 
     cfg = tiny_brd
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    base = ["tiny", f"output_root={tmp_path}", "train.max_steps=4", "train.save_steps=2", "--variant", "brd"]
+    base = ["tiny", f"output_root={tmp_path}", "recipes.brd.max_steps=4", "train.save_steps=2", "--variant", "brd"]
     packed = subprocess.run([sys.executable, "-m", "brdlib.train", *base, "--pack-only"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert packed.returncode == 0, packed.stderr[-2000:]
