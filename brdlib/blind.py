@@ -160,8 +160,7 @@ def subset_summary(cfg: Config, students: Mapping[str, str]) -> pd.DataFrame:
     """What each Table 6 student was trained on: teacher, passages, sentences, rows and tokens of its variant."""
     import pandas as pd
 
-    from brdlib.store import load_card
-    from brdlib.train import load_summary
+    from brdlib.store import load_card, load_summary
 
     rows = []
     for role, name in students.items():

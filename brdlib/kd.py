@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brdlib.records import KD_KINDS
+from brdlib.store import StoreError, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -128,15 +129,11 @@ def next_token_mask(labels: torch.Tensor) -> torch.Tensor:
 def kd_model_spec(cfg: Config, ref: str, key: str) -> tuple[str, str]:
     """The spec (or directory) of ``ref`` — a role of ``cfg.models``, a trained student's name or a spec — and its
     identity for the fingerprint. ``key`` names the config key in errors (kd.teacher, kd.student)."""
-    from brdlib.train import TrainError, resolve_init
-
-    roles = cfg.models.roles()
-    spec = roles.get(ref, ref)
     try:
-        return resolve_init(cfg, spec)
-    except TrainError as err:
-        raise KDError(f"{key}={ref!r} is not a model role of profile {cfg.profile!r} ({', '.join(roles)}), "
-                      f"a trained student or a model spec: {err}") from None
+        ref_ = resolve_model(cfg, ref)
+    except StoreError as err:
+        raise KDError(f"{key}={ref!r}: {err}") from None
+    return ref_.spec, ref_.identity
 
 
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
@@ -212,7 +209,7 @@ def kd_fingerprint(cfg: Config, kind: str, teacher_id: str, student_id: str, tex
 
 def plan_kd_student(cfg: Config, kind: str, name: str | None = None) -> KDPlan:
     """Resolve teacher, student, data and fingerprint of a KD student; check the shared vocabulary."""
-    from brdlib.train import student_dir
+    from brdlib.store import student_dir
 
     _check_kind(kind)
     name = name or kind
@@ -228,7 +225,7 @@ def plan_kd_student(cfg: Config, kind: str, name: str | None = None) -> KDPlan:
 
 def is_current(cfg: Config, plan: KDPlan) -> bool:
     """Whether a finished KD student of these inputs exists."""
-    from brdlib.train import is_trained, load_summary
+    from brdlib.store import is_trained, load_summary
 
     return is_trained(cfg, plan.name) and load_summary(cfg, plan.name).get("fingerprint") == plan.fingerprint
 
@@ -351,7 +348,8 @@ def train_kd_student(
     its last complete checkpoint. ``teacher`` (``kd.teacher_logits: online``) or ``teacher_logits``
     (``precomputed``): what :func:`ensure_kd_students` made once for both kinds.
     """
-    from brdlib.train import check_max_length, student_dir, train_model
+    from brdlib.store import student_dir
+    from brdlib.train import check_max_length, train_model
 
     plan = plan_kd_student(cfg, kind, name)
     t = cfg.recipe("kd")

@@ -590,7 +590,7 @@ _CHECKPOINT_SKIP = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.
 
 def _checkpoint_student(cfg: Config, name: str, step: int, ckpt: Path, final_summary: dict[str, Any]) -> str:
     """Keep checkpoint ``ckpt`` (weights and tokenizer, no optimizer) as the student ``<name>.step<step>``."""
-    from brdlib.train import SUMMARY_FILE, is_trained, load_summary, student_dir
+    from brdlib.store import SUMMARY_FILE, is_trained, load_summary, student_dir
 
     cand = f"{name}.step{step}"
     fp = f"{final_summary['fingerprint']}@{step}"
@@ -629,7 +629,8 @@ def train_selected(cfg: Config, name: str, plan: StudentPlan, tasks: Sequence[st
                    progress: bool = True) -> Selection:
     """Train (or reuse) student ``name`` as ``plan`` says, with :func:`training_recipe`'s checkpoints, score every
     candidate on the tune split, keep the best (:func:`select_checkpoint`); the selection is saved and reused."""
-    from brdlib.train import checkpoints_dir, load_summary, student_dir, train_student
+    from brdlib.store import checkpoints_dir, load_summary, student_dir
+    from brdlib.train import train_student
 
     recipe = training_recipe(cfg)
     train_student(cfg, plan.data, name, plan.init, recipe=recipe, progress=progress)

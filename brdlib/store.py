@@ -21,7 +21,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -144,7 +144,7 @@ def resolve_model(cfg: Config, ref: str, roles: bool = True) -> ModelRef:
     model, ``tiny-random...``, a hub id). Anything else fails naming the roles, the trained students and the
     accepted spec forms."""
     if roles and ref in (named := cfg.models.roles()):
-        return ModelRef(named[ref], _identity(named[ref]), role=ref)
+        return replace(resolve_model(cfg, named[ref], roles=False), role=ref)
     if is_trained(cfg, ref):
         return ModelRef(str(student_dir(cfg, ref)), f"student:{ref}:{load_summary(cfg, ref)['fingerprint']}")
     try:

@@ -70,6 +70,16 @@ from typing import TYPE_CHECKING, Any
 
 from brdlib.assemble import encode_passages
 from brdlib.models import max_positions, mmap_threshold
+from brdlib.store import (
+    SUMMARY_FILE,
+    artefact_dir,
+    checkpoints_dir,
+    is_trained,
+    load_summary,
+    resolve_model,
+    student_dir,
+    swap_into_place,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -84,50 +94,11 @@ log = logging.getLogger(__name__)
 
 TRAIN_FORMAT_VERSION = 1
 """Bump when training changes in a way that makes earlier students stale."""
-SUMMARY_FILE = "train_summary.json"
 IGNORE_INDEX = -100
 
 
 class TrainError(ValueError):
     """A training request that cannot run: bad name, batch that does not divide, unverifiable loss."""
-
-
-# Paths --------------------------------------------------------------------------------------------------
-
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][\w.\-]*")
-"""A student's name: a plain directory name (letters, digits, _ . -)."""
-
-
-def _check_name(name: str) -> str:
-    if not _NAME_RE.fullmatch(name):
-        raise TrainError(f"student name {name!r} is not a plain directory name (letters, digits, _ . -)")
-    return name
-
-
-def student_dir(cfg: Config, name: str) -> Path:
-    """Where a trained student is saved: ``cfg.data_dir/students/<name>`` (model, tokenizer, summary)."""
-    return cfg.data_dir / "students" / _check_name(name)
-
-
-def checkpoints_dir(cfg: Config, name: str) -> Path:
-    """Where a student's checkpoints are written while it trains: ``cfg.data_dir/checkpoints/<name>``."""
-    return cfg.data_dir / "checkpoints" / _check_name(name)
-
-
-def is_trained(cfg: Config, name: str) -> bool:
-    """Whether a finished student of this name exists (never for a name no student can have, e.g. a hub id)."""
-    if not _NAME_RE.fullmatch(name):
-        return False
-    return (student_dir(cfg, name) / SUMMARY_FILE).is_file()
-
-
-def load_summary(cfg: Config, name: str) -> dict[str, Any]:
-    """The training summary of a finished student (steps, losses, throughput, packing, log history)."""
-    path = student_dir(cfg, name) / SUMMARY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"student {name!r} is not trained ({path} missing); run notebook 03")
-    return json.loads(path.read_text())
 
 
 # Packing -------------------------------------------------------------------------------------------------
@@ -281,7 +252,7 @@ def packed_dir(cfg: Config, data_id: str, tokenizer: PreTrainedTokenizerBase, bl
     """Where the packed blocks of these inputs are cached: ``cfg.data_dir/packed/<key>``."""
     spec = {"v": PACK_FORMAT_VERSION, "data": data_id, "tokenizer": tokenizer_fingerprint(tokenizer),
             "block": block_size, "group": group}
-    return cfg.data_dir / "packed" / hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return artefact_dir(cfg, "packed") / hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def packed_blocks(
@@ -555,29 +526,6 @@ def per_device_batch(batch_size: int, world_size: int, accumulation: int) -> int
     return batch_size // (world_size * accumulation)
 
 
-def resolve_init(cfg: Config, init: str | None) -> tuple[str, str]:
-    """The model spec to start from and its identity for the fingerprint.
-
-    ``init`` may be a model spec, a directory, or the name of a student trained in this profile (e.g. 'brd').
-    """
-    from brdlib.models import resolve_spec
-
-    spec = init or cfg.models.student
-    if re.fullmatch(r"[A-Za-z0-9][\w.\-]*", spec) and is_trained(cfg, spec):
-        return str(student_dir(cfg, spec)), f"student:{spec}:{load_summary(cfg, spec)['fingerprint']}"
-    try:
-        resolved = resolve_spec(spec)
-    except ValueError as err:
-        trained = sorted(p.parent.name for p in (cfg.data_dir / "students").glob(f"*/{SUMMARY_FILE}"))
-        raise TrainError(f"init {spec!r} is neither a trained student of profile {cfg.profile!r} "
-                         f"({', '.join(trained) or 'none yet'}) nor a model spec: {err}") from None
-    if resolved.kind == "local":
-        summary = Path(resolved.source) / SUMMARY_FILE
-        ident = json.loads(summary.read_text())["fingerprint"] if summary.is_file() else resolved.source
-        return resolved.source, f"dir:{ident}"
-    return spec, f"{resolved.kind}:{spec}"
-
-
 def checkpointing_argument(enabled: bool) -> dict[str, bool]:
     """TrainingArguments' gradient checkpointing switch: transformers 5.2x renamed ``gradient_checkpointing`` to
     ``activation_checkpointing``; whichever this version has."""
@@ -732,18 +680,6 @@ def distributed_state(cfg: Config) -> Any:
     return PartialState(cpu=device == "cpu", timeout=timedelta(seconds=cfg.train.ddp_timeout))
 
 
-def swap_into_place(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by the finished folder ``tmp`` (the old one moved aside first, then removed)."""
-    old = out.with_name(f".{out.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def median(values: Sequence[float | None]) -> float | None:
     """The (upper) median of the values that are not None; None when there are none."""
     present = sorted(v for v in values if v is not None)
@@ -776,7 +712,7 @@ def pack_variant(cfg: Config, variant: str, init: str | None = None,
     weights; run it before ``accelerate launch`` so that no rank waits at a barrier while rank 0 tokenises.
     Returns (cache folder, stats)."""
     card = _ensure_variant(cfg, variant)
-    spec, _ = resolve_init(cfg, init)
+    spec = resolve_model(cfg, init or cfg.models.student).spec
     _, stats, folder = _pack_variant_blocks(cfg, resolve_recipe(cfg, recipe), variant, card, load_tokenizer(spec))
     return folder, stats
 
@@ -804,7 +740,8 @@ def train_student(
     state = distributed_state(cfg)  # before anything reads the process count
     with state.main_process_first():
         card = _ensure_variant(cfg, variant)
-    init_spec, init_id = resolve_init(cfg, init)
+    ref = resolve_model(cfg, init or cfg.models.student)
+    init_spec, init_id = ref.spec, ref.identity
     fingerprint = training_fingerprint(cfg, t, card["fingerprint"], init_id)
     if not force and is_up_to_date(cfg, name, fingerprint):
         log.info("student %s is up to date: %s", name, student_dir(cfg, name))

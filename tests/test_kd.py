@@ -24,8 +24,8 @@ from brdlib.kd import (
 )
 from brdlib.models import build_tiny_random, load_model, tiny_tokenizer
 from brdlib.records import KD_KINDS
-from brdlib.store import resolve_model
-from brdlib.train import IGNORE_INDEX, SUMMARY_FILE, TrainError, load_summary, student_dir, training_table
+from brdlib.store import SUMMARY_FILE, load_summary, resolve_model, student_dir
+from brdlib.train import IGNORE_INDEX, TrainError, training_table
 
 
 def tiny_cfg(root, *overrides):
@@ -195,7 +195,8 @@ def test_a_kd_block_longer_than_the_student_allows_is_refused(tmp_path):
 
 def test_unknown_model_and_kind_fail_clearly(tmp_path):
     cfg = tiny_cfg(tmp_path, "kd.teacher=nonexistent_role")
-    with pytest.raises(KDError, match=r"kd.teacher='nonexistent_role' is not a model role .*teacher, student"):
+    with pytest.raises(KDError, match=r"kd.teacher='nonexistent_role': model 'nonexistent_role' is not a role of "
+                       r"profile 'tiny' \(teacher, student\), not a trained student"):
         plan_kd_student(cfg, "skd")
     with pytest.raises(KDError, match="unknown KD kind"):
         plan_kd_student(tiny_cfg(tmp_path), "seqkd")

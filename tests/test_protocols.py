@@ -192,7 +192,7 @@ def test_training_recipe_saves_evenly_spaced_checkpoints(tmp_path):
 
 
 def test_train_selected_keeps_the_best_tune_checkpoint(tmp_path, monkeypatch):
-    from brdlib.train import checkpoints_dir, is_trained, load_summary
+    from brdlib.store import checkpoints_dir, is_trained, load_summary
 
     cfg = tiny_cfg(tmp_path, "recipes.task.max_steps=2", "protocols.checkpoint_candidates=2")
     rows = P.sft_rows(P.train_inputs(cfg, ["rte", "sst2"]))
@@ -268,7 +268,7 @@ def test_table4_plus_brd_is_the_task_distillation_student_trained_further_on_brd
 
 
 def test_a_plan_starts_from_the_chosen_checkpoint_of_an_earlier_plan(tmp_path, monkeypatch):
-    from brdlib.train import load_summary, student_dir
+    from brdlib.store import load_summary, student_dir
 
     cfg = tiny_cfg(tmp_path, "recipes.task.max_steps=2", "protocols.checkpoint_candidates=2")
     P.save_rows(cfg, "toy_sft", P.sft_rows(P.train_inputs(cfg, ["rte"])), "toy")

@@ -51,7 +51,7 @@ def test_rehearsal_student_trains_with_the_chunked_loss_and_checkpointing(rehear
     rehearsal_study.executed("03_train_student")
     training = pd.read_csv(rehearsal_study.figures / "03_training.csv").set_index("student")
     assert training.loc["brd", "loss"] == "chunked"  # XGLM's vocabulary (>= 100k) takes the chunked loss
-    from brdlib.train import load_summary
+    from brdlib.store import load_summary
 
     summary = load_summary(rehearsal_study.config(), "brd")
     assert summary["init"].startswith("tiny-random-xglm")

@@ -18,26 +18,23 @@ import torch
 from brdlib.assemble import assemble_variant, encode_passages
 from brdlib.config import REPO_ROOT, load_config
 from brdlib.models import build_tiny_random, load_model, tiny_tokenizer
+from brdlib.store import StoreError, checkpoints_dir, load_summary, resolve_model, student_dir
 from brdlib.train import (
     IGNORE_INDEX,
     TrainError,
     check_chunked_loss,
-    checkpoints_dir,
     chunked_causal_lm_loss,
     chunked_loss,
     flops_per_token,
     has_weights,
     last_complete_checkpoint,
-    load_summary,
     loss_curve_figure,
     pack_dataset,
     pack_sequences,
     pack_variant,
     peak_flops,
     per_device_batch,
-    resolve_init,
     run_and_save,
-    student_dir,
     train_student,
     training_table,
     use_chunked_loss,
@@ -180,15 +177,15 @@ def test_mfu_inputs():
 
 
 def test_names_are_checked(tmp_path):
-    with pytest.raises(TrainError, match="plain directory name"):
+    with pytest.raises(StoreError, match="plain directory name"):
         student_dir(tiny_cfg(tmp_path), "a/b")
 
 
 def test_unknown_variant_or_init_is_a_clear_error(tmp_path):
     with pytest.raises(TrainError, match="'nope' is neither assembled.*brd_frac"):
         train_student(tiny_cfg(tmp_path), "nope", "x")
-    with pytest.raises(TrainError, match="init 'brd' is neither a trained student of profile 'tiny' \\(none yet\\)"):
-        resolve_init(tiny_cfg(tmp_path), "brd")
+    with pytest.raises(StoreError, match=r"model 'brd' is not a role .*, not a trained student \(none yet\) and not a"):
+        resolve_model(tiny_cfg(tmp_path), "brd")  # the rule train_student resolves its init with
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path):
