@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from brdlib.records import BEHAVIOURS, BehaviourRecord, Passage
-from brdlib.store import CARD_FILE, load_card, passages_dir, swap_into_place
+from brdlib.store import CARD_FILE, artefact_dir, load_card, passages_dir, register_builder, swap_into_place
 
 if TYPE_CHECKING:
     import datasets
@@ -58,10 +58,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ASSEMBLE_FORMAT_VERSION", "ATTITUDE_QUESTION_RE", "KINDS", "PAPER_FORMATS", "POLARITY_ANSWER_RE", "SEP_EOS",
     "VARIANTS", "AnnotationIndex", "AssembleError", "AssemblyCounts", "VariantSpec", "all_variant_names",
-    "assemble_all", "assemble_variant", "build_rows", "cards_table", "choose_passages", "compose", "encode_passages",
-    "index_behaviours", "inputs_fingerprint", "is_sentiment_qra", "load_variant", "passage_examples",
-    "resolve_sep", "save_variant", "size_variant_name", "size_variant_names", "split_question_answer",
-    "student_tokenizer", "teacher_behaviours", "token_length_figure", "token_stats", "variant_spec",
+    "assemble_all", "assemble_variant", "build_rows", "build_variants", "cards_table", "choose_passages", "compose",
+    "encode_passages", "index_behaviours", "inputs_fingerprint", "is_sentiment_qra", "load_variant",
+    "passage_examples", "resolve_sep", "save_variant", "size_variant_name", "size_variant_names",
+    "split_question_answer", "student_tokenizer", "teacher_behaviours", "token_length_figure", "token_stats",
+    "variant_spec",
 ]
 
 log = logging.getLogger(__name__)
@@ -570,6 +571,23 @@ def assemble_all(
                          tokenizer=tokenizer)
         cards.append(load_card(cfg, name))
     return cards
+
+
+def build_variants(cfg: Config, names: list[str], progress: bool = True) -> None:
+    """The store's builder of ``passages/<variant>`` (:func:`brdlib.store.ensure`): assemble these variants, the
+    teacher first reading whatever sentences it has not read yet."""
+    for name in names:
+        try:
+            variant_spec(name)
+        except AssembleError:
+            folder = artefact_dir(cfg, "passages")
+            present = sorted(p.name for p in folder.glob("[!.]*")) if folder.is_dir() else []
+            raise AssembleError(f"passage variant {name!r} is neither assembled ({', '.join(present) or 'none yet'}) "
+                                f"nor a known variant ({', '.join(VARIANTS)}, brd_frac<f>)") from None
+    assemble_all(cfg, names)
+
+
+register_builder("passages", build_variants)
 
 
 # Tables and figures for notebook 02 ----------------------------------------------------------------------

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brdlib.store import ensure, student_dir
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -28,10 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAIN_STUDENTS: dict[str, str] = {"brd": "brd", "further": "ori"}
-"""Notebook 03's students, name -> passage variant; trained here exactly as there, so they are reused."""
-ABLATION_STUDENTS: dict[str, str] = {"brd_minus_sentdata": "no_sent", "brd_sentence_level": "sentence_level"}
-"""Table 12 (-SentData, A.6) and Table 7 (SentenceLevel): name (= paper role) -> passage variant."""
+MAIN_STUDENTS: tuple[str, ...] = ("brd", "further")
+"""Notebook 03's students (``brdlib.train.NAMED_STUDENTS``); trained here exactly as there, so they are reused."""
+ABLATION_STUDENTS: tuple[str, ...] = ("brd_minus_sentdata", "brd_sentence_level")
+"""Table 12 (-SentData, A.6) and Table 7 (SentenceLevel): names (= paper roles) of ``brdlib.train.NAMED_STUDENTS``."""
 PAPER_EXTRA_ROLES: tuple[str, ...] = ("second_teacher", "large_baseline")
 """Roles of ``models.extra`` that the paper's blind tables have rows for (Table 6, Table 3)."""
 KD_ROLES: tuple[str, ...] = ("skd", "minillm")
@@ -93,18 +95,11 @@ def evaluate_blind(cfg: Config, models: Mapping[str, str], progress: bool = True
 
 def train_blind_students(cfg: Config, ablations: bool = True, progress: bool = True) -> dict[str, Path]:
     """Train (or reuse) ``brd`` and ``further`` exactly as notebook 03 does, and with ``ablations`` the Table 12
-    and Table 7 students with recipe ``ablation``; assembles their passages (and runs the teacher
+    and Table 7 students (recipe ``ablation``), through :func:`brdlib.store.ensure`: their passages (and the teacher
     stage) first where missing. Returns name -> student directory."""
-    from brdlib.assemble import assemble_all
-    from brdlib.train import train_student
-
-    students = {**MAIN_STUDENTS, **(ABLATION_STUDENTS if ablations else {})}
-    assemble_all(cfg, sorted(set(students.values())))
-    out = {}
-    for name, variant in students.items():
-        recipe = name if name in MAIN_STUDENTS else "ablation"  # brd and further: notebook 03's recipes
-        out[name] = train_student(cfg, variant, name, recipe=recipe, progress=progress)
-    return out
+    names = [*MAIN_STUDENTS, *(ABLATION_STUDENTS if ablations else ())]
+    ensure(cfg, *[f"students/{name}" for name in names], progress=progress)
+    return {name: student_dir(cfg, name) for name in names}
 
 
 # Table 6: two teachers on a subset ------------------------------------------------------------------------------

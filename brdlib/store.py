@@ -17,10 +17,12 @@ role, a trained student's name, or a model spec) into what loads it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,9 +33,9 @@ if TYPE_CHECKING:
     from brdlib.config import Config
 
 __all__ = [
-    "CARD_FILE", "FOLDERS", "SUMMARY_FILE", "ModelRef", "StoreError", "artefact_dir", "check_name",
-    "checkpoints_dir", "is_trained", "load_card", "load_summary", "passages_dir", "resolve_model",
-    "student_dir", "swap_into_place", "trained_students", "write_text_atomic",
+    "ARTEFACT_OWNERS", "CARD_FILE", "FOLDERS", "SUMMARY_FILE", "Builder", "ModelRef", "StoreError", "artefact_dir",
+    "check_name", "checkpoints_dir", "ensure", "is_trained", "load_card", "load_summary", "passages_dir",
+    "register_builder", "resolve_model", "student_dir", "swap_into_place", "trained_students", "write_text_atomic",
 ]
 
 Folder = Literal["corpus", "teacher", "passages", "packed", "checkpoints", "students", "eval", "protocols",
@@ -162,3 +164,47 @@ def _identity(spec: str) -> str:
         summary = Path(resolved.source) / SUMMARY_FILE
         return f"dir:{json.loads(summary.read_text())['fingerprint'] if summary.is_file() else resolved.source}"
     return f"{resolved.kind}:{spec}"
+
+
+# Build what is missing ---------------------------------------------------------------------------------------
+
+ARTEFACT_OWNERS: dict[str, str] = {
+    "teacher": "brdlib.teacher",    # teacher/<role>: the role's records for the profile's corpus
+    "passages": "brdlib.assemble",  # passages/<variant>: a passage variant (brd, ori, no_sent, brd_frac0.5, ...)
+    "students": "brdlib.train",     # students/<name>: a named student (brdlib.train.NAMED_STUDENTS)
+}
+"""The stage that builds each kind of artefact :func:`ensure` is asked for. Its module registers its builder
+(:func:`register_builder`) when imported, and :func:`ensure` imports it by this name when nothing is registered
+yet: the store stays below the stages, which it never imports by a plain import."""
+Builder = Callable[["Config", list[str], bool], None]
+"""``builder(cfg, names, progress)``: build (or reuse, or resume) the named artefacts of one folder."""
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(folder: str, builder: Builder) -> None:
+    """Make ``builder`` the one that builds ``folder``'s artefacts (called by the owning stage, at import)."""
+    if folder not in ARTEFACT_OWNERS:
+        raise StoreError(f"no artefact of folder {folder!r} is built on demand; accepted: {', '.join(ARTEFACT_OWNERS)}")
+    _BUILDERS[folder] = builder
+
+
+def ensure(cfg: Config, *artefacts: str, progress: bool = True) -> None:
+    """Build whatever of ``artefacts`` is missing through the stage that owns it, so any notebook or command runs
+    on its own on a fresh output root: ``ensure(cfg, "passages/brd", "students/further", "teacher/teacher")``.
+
+    A passage variant counts as present when its card is; teacher records and students go to their owner every
+    time, which reuses what is up to date, resumes what is unfinished and rebuilds what is stale."""
+    wanted: dict[str, list[str]] = {}
+    for artefact in artefacts:
+        folder, _, name = artefact.partition("/")
+        if folder not in ARTEFACT_OWNERS or not name:
+            raise StoreError(f"cannot ensure {artefact!r}: give '<folder>/<name>' with folder one of "
+                             f"{', '.join(ARTEFACT_OWNERS)}")
+        wanted.setdefault(folder, []).append(check_name(name, folder))
+    for folder, names in wanted.items():
+        if folder == "passages":
+            names = [n for n in names if not (passages_dir(cfg, n) / CARD_FILE).is_file()]
+        if names:
+            if folder not in _BUILDERS:
+                importlib.import_module(ARTEFACT_OWNERS[folder])  # registers its builder
+            _BUILDERS[folder](cfg, list(dict.fromkeys(names)), progress)

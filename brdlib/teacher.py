@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brdlib.backends import Backend, DecodingParams, Generation
+from brdlib.corpus import load_passages
 from brdlib.prompts import PromptTemplate, clean_response, get_template, normalize_input
 from brdlib.records import BEHAVIOURS, BehaviourRecord, Passage, TeacherItem, parse_shard
-from brdlib.store import artefact_dir
+from brdlib.store import artefact_dir, register_builder
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,11 +45,11 @@ if TYPE_CHECKING:
     from brdlib.config import Config
 
 __all__ = [
-    "RECORD_FORMAT", "STREAM_BLOCK", "BehaviourStats", "RunStats", "ShardWriter", "decoding_params", "drop_table",
-    "generate_behaviours", "items_from_passages", "items_from_texts", "iter_rows", "load_behaviours",
-    "manifest_path", "outcome_figure", "read_manifest", "read_manifests", "read_rows", "record_key", "row_to_record",
-    "run_teacher", "sample_table", "select_shard", "shard_file", "shard_of", "teacher_fingerprint",
-    "teacher_output_dir", "write_manifest",
+    "RECORD_FORMAT", "STREAM_BLOCK", "BehaviourStats", "RunStats", "ShardWriter", "build_teacher_records",
+    "decoding_params", "drop_table", "generate_behaviours", "items_from_passages", "items_from_texts", "iter_rows",
+    "load_behaviours", "manifest_path", "outcome_figure", "read_manifest", "read_manifests", "read_rows",
+    "record_key", "row_to_record", "run_teacher", "sample_table", "select_shard", "shard_file", "shard_of",
+    "teacher_fingerprint", "teacher_output_dir", "write_manifest",
 ]
 
 RECORD_FORMAT = 1
@@ -701,3 +702,14 @@ def outcome_figure(records: Sequence[BehaviourRecord], title: str = "") -> Any:
         fig.suptitle(title, fontsize=9, y=1.02)
     fig.tight_layout()
     return fig
+
+
+def build_teacher_records(cfg: Config, roles: list[str], progress: bool = True) -> None:
+    """The store's builder of ``teacher/<role>``: each role's records for the profile's corpus (only what is
+    missing is generated)."""
+    passages = load_passages(cfg, progress=progress)
+    for role in roles:
+        run_teacher(cfg, passages, role, progress=progress)
+
+
+register_builder("teacher", build_teacher_records)

@@ -74,8 +74,11 @@ from brdlib.store import (
     SUMMARY_FILE,
     artefact_dir,
     checkpoints_dir,
+    ensure,
     is_trained,
+    load_card,
     load_summary,
+    register_builder,
     resolve_model,
     student_dir,
     swap_into_place,
@@ -89,6 +92,18 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
     from brdlib.config import Config, TrainRecipe
+
+__all__ = [
+    "IGNORE_INDEX", "NAMED_STUDENTS", "PACK_FORMAT_VERSION", "PACK_STATS_FILE", "PACKED_FILE", "PEAK_BF16_FLOPS",
+    "TORCH_ADAFACTOR", "TRAIN_FORMAT_VERSION", "PackingStats", "TrainError", "brd_trainer_class",
+    "build_named_students", "check_chunked_loss", "check_max_length", "checkpointing_argument",
+    "chunked_causal_lm_loss", "chunked_loss", "distributed_state", "final_checkpoint_callback", "flops_per_token",
+    "fsdp_on_cpu", "has_weights", "is_up_to_date", "last_complete_checkpoint", "load_tokenizer", "loss_curve_figure",
+    "main", "median", "optimizer_arguments", "pack_dataset", "pack_sequences", "pack_variant", "packed_blocks",
+    "packed_dir", "peak_flops", "peak_memory_mb", "per_device_batch", "resolve_recipe", "run_and_save",
+    "settings_table", "tokenizer_fingerprint", "train_model", "train_student", "training_arguments",
+    "training_fingerprint", "training_summary", "training_table", "use_chunked_loss",
+]
 
 log = logging.getLogger(__name__)
 
@@ -580,18 +595,7 @@ def is_up_to_date(cfg: Config, name: str, fingerprint: str) -> bool:
 
 
 def _ensure_variant(cfg: Config, variant: str) -> dict[str, Any]:
-    from brdlib.assemble import VARIANTS, assemble_variant, variant_spec
-    from brdlib.store import load_card, passages_dir
-
-    if not (passages_dir(cfg, variant) / "card.json").is_file():
-        try:
-            variant_spec(variant)
-        except ValueError:
-            present = sorted(p.name for p in (cfg.data_dir / "passages").glob("[!.]*")) if (
-                cfg.data_dir / "passages").is_dir() else []
-            raise TrainError(f"passage variant {variant!r} is neither assembled ({', '.join(present) or 'none yet'}) "
-                             f"nor a known variant ({', '.join(VARIANTS)}, brd_frac<f>)") from None
-        assemble_variant(cfg, variant)
+    ensure(cfg, f"passages/{variant}")
     return load_card(cfg, variant)
 
 
@@ -921,6 +925,31 @@ def training_summary(cfg: Config, t: TrainRecipe, trainer: Any, state: Any, load
         "train_loss_session_mean": result.training_loss,
         "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind, "log_history": history,
     }
+
+
+NAMED_STUDENTS: dict[str, tuple[str, str]] = {
+    "brd": ("brd", "brd"), "further": ("ori", "further"),
+    "brd_minus_sentdata": ("no_sent", "ablation"), "brd_sentence_level": ("sentence_level", "ablation"),
+}
+"""Students known by name (``brdlib.store.ensure(cfg, "students/<name>")``): name -> (passage variant, recipe).
+``brd`` and ``further`` are notebook 03's; ``brd_minus_sentdata`` (Table 12's -SentData, A.6) and
+``brd_sentence_level`` (Table 7) train with the ``ablation`` recipe."""
+
+
+def build_named_students(cfg: Config, names: list[str], progress: bool = True) -> None:
+    """The store's builder of ``students/<name>`` for :data:`NAMED_STUDENTS`: their passages first, then each
+    student (reused when up to date, resumed when unfinished)."""
+    unknown = [n for n in names if n not in NAMED_STUDENTS]
+    if unknown:
+        raise TrainError(f"no student is named {unknown[0]!r}; named students: {', '.join(NAMED_STUDENTS)} (train "
+                         "any other with train_student)")
+    ensure(cfg, *[f"passages/{NAMED_STUDENTS[n][0]}" for n in names], progress=progress)
+    for name in names:
+        variant, recipe = NAMED_STUDENTS[name]
+        train_student(cfg, variant, name, recipe=recipe, progress=progress)
+
+
+register_builder("students", build_named_students)
 
 
 # Tables and figures for notebook 03 ---------------------------------------------------------------------------

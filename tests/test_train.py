@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from brdlib.assemble import assemble_variant, encode_passages
+from brdlib.assemble import AssembleError, assemble_variant, encode_passages
 from brdlib.config import REPO_ROOT, load_config
 from brdlib.models import build_tiny_random, load_model, tiny_tokenizer
 from brdlib.store import StoreError, checkpoints_dir, load_summary, resolve_model, student_dir
@@ -182,7 +182,7 @@ def test_names_are_checked(tmp_path):
 
 
 def test_unknown_variant_or_init_is_a_clear_error(tmp_path):
-    with pytest.raises(TrainError, match="'nope' is neither assembled.*brd_frac"):
+    with pytest.raises(AssembleError, match="'nope' is neither assembled.*brd_frac"):
         train_student(tiny_cfg(tmp_path), "nope", "x")
     with pytest.raises(StoreError, match=r"model 'brd' is not a role .*, not a trained student \(none yet\) and not a"):
         resolve_model(tiny_cfg(tmp_path), "brd")  # the rule train_student resolves its init with
