@@ -21,12 +21,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brdlib.store import ensure, student_dir
+from brdlib.train import NAMED_STUDENTS
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
     from brdlib.config import Config
+
+__all__ = [
+    "ABLATION_STUDENTS", "BLIND_ROLES", "KD_BASE_ROLE", "KD_ROLES", "MAIN_STUDENTS", "PAPER_EXTRA_ROLES",
+    "TABLE3_ROLES", "TABLE4_BLOCK", "BlindError", "bigbench_claims", "bigbench_figure", "bigbench_per_task",
+    "blind_models", "ensure_students", "evaluate_blind", "extra_roles", "kd_brd_student_name", "kd_models",
+    "kd_students", "main_tasks", "sign_test", "subset_passages", "subset_student_name", "subset_summary",
+    "table6_accuracy", "train_blind_students", "train_kd_brd_students", "train_two_teacher_students",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,11 @@ TABLE4_BLOCK = "GPT-2 760M"
 TABLE3_ROLES: tuple[str, ...] = ("teacher", "large_baseline", "student_base", "further", "skd", "minillm", "brd")
 """Table 3's blind rows, in the paper's order: the only roles with a BIG-bench column (Table 3, Figure 3). Every
 other blind table (4, 6, 7, 12) shows the six Table 9 tasks, so its other rows are scored on those alone."""
+
+
+BLIND_ROLES: dict[str, str] = {"student_base": "student", "brd": "brd"}
+"""The two models the analyses compare (notebooks 07, 08): row -> model reference (the student before and after
+BRD)."""
 
 
 class BlindError(ValueError):
@@ -91,6 +105,13 @@ def evaluate_blind(cfg: Config, models: Mapping[str, str], progress: bool = True
     if not frames:
         raise BlindError("no models to score")
     return pd.concat(frames, ignore_index=True)
+
+
+def ensure_students(cfg: Config, refs: Mapping[str, str] = BLIND_ROLES, progress: bool = True) -> dict[str, str]:
+    """Train (or reuse) every referenced named student (:data:`brdlib.train.NAMED_STUDENTS`, e.g. ``brd``) through
+    :func:`brdlib.store.ensure`, so a notebook runs on its own on a fresh output root. Returns ``refs`` unchanged."""
+    ensure(cfg, *[f"students/{ref}" for ref in refs.values() if ref in NAMED_STUDENTS], progress=progress)
+    return dict(refs)
 
 
 def train_blind_students(cfg: Config, ablations: bool = True, progress: bool = True) -> dict[str, Path]:

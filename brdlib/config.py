@@ -404,7 +404,7 @@ class KDConfig(_Strict):
 
 
 class AnalysisConfig(_Strict):
-    """brdlib.analysis (notebooks 07-09): cross-entropy, probing, data-size curve."""
+    """brdlib.cross_entropy, brdlib.probing, brdlib.data_size (notebooks 07-09): Table 5, Figure 4, Figure 2."""
 
     cross_entropy_average: Literal["arithmetic", "geometric"] = Field(
         default="arithmetic", description="how each model's per-token probabilities become a sequence probability"

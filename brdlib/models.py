@@ -57,7 +57,7 @@ __all__ = [
     "GLIBC_MAX_DYNAMIC_MMAP_THRESHOLD", "M_MMAP_THRESHOLD", "PAPER_MODEL_SIZES_B", "POSITION_KEYS", "TINY_MARKER",
     "TOKENIZER_FILES", "LoadedModel", "build_tiny_arch", "build_tiny_random", "check_models", "describe",
     "embedded_dtypes", "ensure_tiny_dir", "free_memory", "generate_text", "load_model", "load_ref",
-    "make_weights_resident", "materialize", "max_positions", "mmap_threshold", "pretrained_tokenizer",
+    "make_weights_resident", "materialize", "max_positions", "mmap_threshold", "model_label", "pretrained_tokenizer",
     "resolve_spec", "tiny_arch_tokenizer", "tiny_tokenizer",
 ]
 
@@ -460,6 +460,11 @@ def load_ref(cfg: Config, ref: str, dtype: str | None = None) -> LoadedModel:
     """Load a model reference (a profile role, a trained student's name or a spec: :func:`brdlib.store.resolve_model`)
     on the profile's device, in ``dtype`` (default: the profile's, which scoring and the teacher read in)."""
     return load_model(resolve_model(cfg, ref).spec, device=cfg.resolved_device(), dtype=dtype or cfg.resolved_dtype())
+
+
+def model_label(loaded: LoadedModel) -> str:
+    """'smollm2-135m-instruct (135M)': a loaded model's spec (a student's directory name) and parameters."""
+    return f"{Path(loaded.spec).name} ({loaded.n_params / 1e6:.3g}M)"
 
 
 def generate_text(loaded: LoadedModel, prompt: str, max_new_tokens: int = 20) -> str:

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brdlib.records import Passage
+from brdlib.store import artefact_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,6 +71,19 @@ if TYPE_CHECKING:
     from brdlib.records import BehaviourRecord, TeacherItem
     from brdlib.tasks import Example
     from brdlib.teacher import RunStats
+
+__all__ = [
+    "BRD2_DATA", "BRD2_NO_NER_DATA", "BRD2_NO_QRA_DATA", "BRD2_SFT_DATA", "BRD2_VARIANTS", "EVAL_SPLIT",
+    "PROTOCOLS_FORMAT_VERSION", "RELAXED_STUDENTS", "SFT_DATA", "SUPERVISED_STUDENTS", "TABLE4_BLOCK", "TABLE4_NOTE",
+    "TABLE4_ROLES", "TASK_DISTILLATION_DATA", "TUNE_SPLIT", "InputPassage", "ProtocolError", "Selection",
+    "StudentPlan", "annotate_inputs", "annotated_indices", "answer_text", "assemble_brd2", "bigbench_task_accuracy",
+    "build_brd2_data", "build_relaxed_data", "build_supervised_data", "chosen_models", "data_table",
+    "ensure_brd_student", "example_table", "input_passage", "input_passages", "input_records", "load_selection",
+    "protocol_data_table", "protocol_figure", "protocol_note", "protocol_tasks", "pseudo_label_table",
+    "pseudo_labels", "resolved_plan", "save_rows", "select_checkpoint", "selection_path", "selection_table",
+    "sft_rows", "table4_block", "task_distillation_rows", "task_teacher_dir", "teacher_items", "train_inputs",
+    "train_selected", "train_students", "training_recipe", "tune_score", "with_steps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +229,6 @@ def protocol_data_table(cfg: Config, tasks: Sequence[str]) -> pd.DataFrame:
 # TaskDistillation: the teacher's pseudo-answers --------------------------------------------------------------
 
 
-def protocols_dir(cfg: Config) -> Path:
-    """``data/<profile>/protocols``: pseudo-labels, teacher records on task inputs, checkpoint selections."""
-    return cfg.data_dir / "protocols"
-
-
 def pseudo_labels(cfg: Config, inputs: Mapping[str, Sequence[Example]], teacher: str = "teacher",
                   progress: bool = True) -> pd.DataFrame:
     """The teacher's answer to every training input, chosen with the evaluation rule (``eval.rule``).
@@ -244,7 +253,7 @@ def pseudo_labels(cfg: Config, inputs: Mapping[str, Sequence[Example]], teacher:
     by_id = {(e.task, e.example_id): e for exs in inputs.values() for e in exs}
     frame["pseudo_answer"] = [by_id[(t, i)].candidates[p]
                               for t, i, p in zip(frame["task"], frame["example_id"], frame["pseudo"], strict=True)]
-    out = protocols_dir(cfg) / "pseudo_labels.parquet"
+    out = artefact_dir(cfg, "protocols") / "pseudo_labels.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.drop(columns=["mean_logprobs", "sum_logprobs", "n_tokens"]).to_parquet(out, index=False)
     return frame
@@ -405,7 +414,7 @@ def task_teacher_dir(cfg: Config, teacher_role: str = "teacher") -> Path:
     corpus records (same model and decoding, so the same folder name)."""
     from brdlib.teacher import teacher_output_dir
 
-    return protocols_dir(cfg) / "teacher" / teacher_output_dir(cfg, teacher_role).name
+    return artefact_dir(cfg, "protocols") / "teacher" / teacher_output_dir(cfg, teacher_role).name
 
 
 def annotate_inputs(cfg: Config, items: Sequence[TeacherItem], teacher_role: str = "teacher",
@@ -577,7 +586,7 @@ class Selection:
 
 
 def selection_path(cfg: Config, name: str) -> Path:
-    return protocols_dir(cfg) / "selection" / f"{name}.json"
+    return artefact_dir(cfg, "protocols") / "selection" / f"{name}.json"
 
 
 def load_selection(cfg: Config, name: str) -> Selection | None:

@@ -210,8 +210,8 @@ def paired_results(per_task: pd.DataFrame, artefact: str, test: str, role: str, 
 
 def cross_entropy_results(table: pd.DataFrame, delta: pd.DataFrame | None = None, *, role: str = "brd",
                           baseline: str = "student_base", split: str = "test") -> pd.DataFrame:
-    """Tidy Table 5 rows from :func:`brdlib.analysis.cross_entropy_table` (the sum per role and task, with ``n``
-    texts; and the mean per text with its interval), and, given, :func:`brdlib.analysis.cross_entropy_difference`'s
+    """Tidy Table 5 rows from :func:`brdlib.cross_entropy.cross_entropy_table` (the sum per role and task, with ``n``
+    texts; and the mean per text with its interval), and, given, :func:`brdlib.cross_entropy.cross_entropy_difference`'s
     ``role`` minus ``baseline`` per task."""
     import pandas as pd
 
@@ -227,7 +227,7 @@ def cross_entropy_results(table: pd.DataFrame, delta: pd.DataFrame | None = None
 
 
 def probing_results(probes: pd.DataFrame) -> pd.DataFrame:
-    """Tidy Figure 4 rows from :func:`brdlib.analysis.probe_models`: each role, task and layer's probe test
+    """Tidy Figure 4 rows from :func:`brdlib.probing.probe_models`: each role, task and layer's probe test
     accuracy, ``n`` its test examples."""
     rows = probes[["role", "task", "layer", "test_accuracy", "n_test"]].rename(
         columns={"test_accuracy": "value", "n_test": "n"})
@@ -235,7 +235,7 @@ def probing_results(probes: pd.DataFrame) -> pd.DataFrame:
 
 
 def data_size_results(curve: pd.DataFrame, *, rule: str = "", split: str = "test") -> pd.DataFrame:
-    """Tidy Figure 2 rows from :func:`brdlib.analysis.data_size_frame`: per student (``role``) and task its blind
+    """Tidy Figure 2 rows from :func:`brdlib.data_size.data_size_frame`: per student (``role``) and task its blind
     accuracy, ``data_size`` its BRD passages (0: the base student), and the ``average`` over the paper's columns."""
     columns = [c for c in ("student", "passages", "task", "value", "ci_low", "ci_high", "n", "n_tasks", "n_ties",
                            "n_truncated") if c in curve.columns]

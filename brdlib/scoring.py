@@ -38,18 +38,24 @@ is the plain one-sequence-at-a-time implementation the batched scorer is tested 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from brdlib.models import max_positions
 
+log = logging.getLogger(__name__)
+
 __all__ = [
-    "MAX_BATCH_LOGITS", "SPECIAL_TOKENS", "TIE_BREAKS", "CandidateScore", "Reading", "ScoreCache", "encode_pair",
-    "encode_text", "fit_pair", "fit_windows", "model_fingerprint", "model_max_length", "plan_batches", "predict",
-    "reading", "score_candidates", "score_examples", "score_reference", "template_tokens", "tie_key", "tied",
+    "MAX_BATCH_LOGITS", "SPECIAL_TOKENS", "TIE_BREAKS", "CandidateScore", "Reading", "ScoreCache", "ScoringError",
+    "TextProb", "TextProbCache", "encode_pair", "encode_text", "fit_pair", "fit_windows", "model_fingerprint",
+    "model_max_length", "plan_batches", "predict", "reading", "score_candidates", "score_examples", "score_reference",
+    "template_tokens", "text_probs", "tie_key", "tied", "token_logprobs",
 ]
 
 SPECIAL_TOKENS = ("tokenizer", "none")
@@ -484,3 +490,159 @@ def score_examples(
             cache.put_many(rows)
     bar.close()
     return [[s for s in row if s is not None] for row in results]
+
+
+# Text probabilities (Table 5: brdlib.cross_entropy) ---------------------------------------------------------
+
+
+class ScoringError(ValueError):
+    """A reading that cannot be done (named, with what is accepted)."""
+
+
+def token_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
+                   logits_budget_mb: int = 256, progress: bool = False, special_tokens: str = "tokenizer",
+                   max_length: int | None = None) -> list[np.ndarray]:
+    """Log-probability of each token of ``continuation`` given ``context``, per (context, continuation) pair.
+
+    Read as the scorer reads (``brdlib.scoring``'s module docstring): tokenised as :func:`brdlib.scoring.encode_pair`
+    with the start tokens of ``special_tokens`` (an empty context conditions on them, or on the end-of-text token, so
+    the first token of a text is scored too); bounded by the model's positions (or ``max_length``) as lm-eval bounds
+    them (:func:`brdlib.scoring.fit_windows`: the context cut from the left; a text longer than the positions read in
+    rolling windows). The sums equal :func:`brdlib.scoring.score_reference` where that applies. Pieces are
+    right-padded into batches sorted by length, of at most ``batch_size`` sequences and at most
+    ``logits_budget_mb`` of fp32 logits (a 152k vocabulary makes them large).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from brdlib.scoring import encode_pair, fit_windows, reading
+
+    read = reading(model, tokenizer, special_tokens, max_length)
+    pieces: list[tuple[int, list[int], list[int]]] = []  # (pair, context, continuation), each fitting the positions
+    n_fitted = 0
+    for i, (ctx, cont) in enumerate(pairs):
+        encoded = encode_pair(tokenizer, ctx, cont, read)
+        windows = fit_windows(*encoded, read.max_length)
+        n_fitted += windows != [encoded]
+        pieces += [(i, c, t) for c, t in windows]
+    if n_fitted:
+        log.info("%d of %d texts exceed %s positions: context cut from the left or read in windows (as lm-eval)",
+                 n_fitted, len(pairs), read.max_length)
+    order = sorted(range(len(pieces)), key=lambda k: -(len(pieces[k][1]) + len(pieces[k][2])))
+    vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
+    max_tokens = max(1, logits_budget_mb * 2**20 // (4 * vocab))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    out: list[np.ndarray | None] = [None] * len(pieces)
+    bar = tqdm(total=len(pieces), desc="token log-probs", unit="text", disable=not progress)
+    start = 0
+    with torch.inference_mode():
+        while start < len(order):
+            longest = len(pieces[order[start]][1]) + len(pieces[order[start]][2]) - 1  # the last token is no input
+            size = max(1, min(batch_size, max_tokens // max(longest, 1)))
+            chunk = order[start:start + size]
+            ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+            for row, k in enumerate(chunk):
+                seq = (pieces[k][1] + pieces[k][2])[:-1]
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for row, k in enumerate(chunk):
+                _, ctx, cont = pieces[k]
+                positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=logits.device)
+                logprobs = torch.log_softmax(logits[row, positions].float(), dim=-1)
+                targets = torch.tensor(cont, device=logits.device)
+                out[k] = logprobs[torch.arange(len(cont), device=logits.device), targets].cpu().numpy()
+            del logits
+            bar.update(len(chunk))
+            start += size
+    bar.close()
+    by_pair: list[list[np.ndarray]] = [[] for _ in pairs]
+    for (i, _, _), lp in zip(pieces, out, strict=True):  # pieces of a pair are in text order
+        assert lp is not None
+        by_pair[i].append(lp)
+    return [np.concatenate(parts) for parts in by_pair]
+
+
+@dataclass(frozen=True)
+class TextProb:
+    """A text's probability under one model: its tokens' count, summed log-probability and mean probability."""
+
+    n_tokens: int
+    sum_logprob: float
+    mean_prob: float  # arithmetic mean of the per-token probabilities
+
+    @classmethod
+    def from_logprobs(cls, logprobs: np.ndarray) -> TextProb:
+        lp = np.asarray(logprobs, dtype=np.float64)
+        return cls(int(lp.size), float(lp.sum()), float(np.exp(lp).mean()))
+
+    def sequence_prob(self, average: Literal["arithmetic", "geometric"] = "arithmetic") -> float:
+        """The text's sequence-level probability averaged over its tokens (§5.2): arithmetic mean of the
+        per-token probabilities, or their geometric mean ``exp(mean log-prob)``."""
+        if average == "arithmetic":
+            return self.mean_prob
+        if average == "geometric":
+            return float(np.exp(self.sum_logprob / max(self.n_tokens, 1)))
+        raise ScoringError(f"unknown average {average!r}; accepted: 'arithmetic', 'geometric'")
+
+
+class TextProbCache:
+    """:class:`TextProb` on disk (SQLite), keyed by (model fingerprint, hash of context and text)."""
+
+    def __init__(self, path: Path | str) -> None:
+        import sqlite3
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path)
+        self._db.execute("CREATE TABLE IF NOT EXISTS probs (model TEXT, text TEXT, n_tokens INTEGER, "
+                         "sum_logprob REAL, mean_prob REAL, PRIMARY KEY (model, text))")
+
+    @staticmethod
+    def key(context: str, continuation: str) -> str:
+        return hashlib.sha256(f"{len(context)}:{context}{continuation}".encode()).hexdigest()[:32]
+
+    def get(self, model: str, key: str) -> TextProb | None:
+        row = self._db.execute("SELECT n_tokens, sum_logprob, mean_prob FROM probs WHERE model=? AND text=?",
+                               (model, key)).fetchone()
+        return TextProb(*row) if row else None
+
+    def put_many(self, model: str, items: Sequence[tuple[str, TextProb]]) -> None:
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO probs VALUES (?, ?, ?, ?, ?)",
+                                 [(model, k, p.n_tokens, p.sum_logprob, p.mean_prob) for k, p in items])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def text_probs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], cache: TextProbCache | None = None,
+               batch_size: int = 8, progress: bool = False, special_tokens: str = "tokenizer",
+               max_length: int | None = None) -> list[TextProb]:
+    """:class:`TextProb` of each (context, continuation) pair, read as :func:`token_logprobs` says; with a cache,
+    only pairs these weights have not scored before under this reading are run (committed every few batches, so a
+    killed run keeps its work)."""
+    from tqdm.auto import tqdm
+
+    from brdlib.scoring import model_fingerprint, reading
+
+    read_kw = {"special_tokens": special_tokens, "max_length": max_length}
+    fingerprint = f"{model_fingerprint(model)}|{reading(model, tokenizer, **read_kw).key}" if cache is not None else ""
+    keys = [TextProbCache.key(c, t) for c, t in pairs]
+    results: list[TextProb | None] = [cache.get(fingerprint, k) if cache else None for k in keys]
+    todo = [i for i, r in enumerate(results) if r is None]
+    step = max(batch_size * 8, 1)
+    bar = tqdm(total=len(todo), desc="text probabilities", unit="text", disable=not progress or not todo)
+    for start in range(0, len(todo), step):
+        chunk = todo[start:start + step]
+        lps = token_logprobs(model, tokenizer, [pairs[i] for i in chunk], batch_size=batch_size, **read_kw)
+        fresh = [TextProb.from_logprobs(lp) for lp in lps]
+        for i, p in zip(chunk, fresh, strict=True):
+            results[i] = p
+        if cache is not None:
+            cache.put_many(fingerprint, [(keys[i], p) for i, p in zip(chunk, fresh, strict=True)])
+        bar.update(len(chunk))
+    bar.close()
+    return [r for r in results if r is not None]

@@ -8,7 +8,7 @@
     data/<profile>/students/      <student>/ model, tokenizer, train_summary.json (brdlib.train)
     data/<profile>/eval/          predictions per model and split                (brdlib.evaluate)
     data/<profile>/protocols/     task data of the relaxed/supervised protocols  (brdlib.protocols)
-    data/<profile>/analysis/      cross-entropy, probing, data-size caches        (brdlib.analysis)
+    data/<profile>/analysis/      text probabilities of the cross-entropy study    (brdlib.cross_entropy)
 
 Writes are atomic (a temporary name, then a rename): a crash mid-stage never leaves a half-written artefact that a
 later run would take as finished. :func:`resolve_model` is the one rule that turns a model reference (a profile

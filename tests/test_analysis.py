@@ -1,5 +1,5 @@
-"""brdlib.analysis: Table 5's cross-entropy, per-token log-probabilities, probing, the data-size plan, and
-notebooks 07-09 on the tiny profile."""
+"""The analyses (brdlib.cross_entropy, probing, data_size; scoring's text probabilities): Table 5's cross-entropy,
+per-token log-probabilities, probing, the data-size plan, and notebooks 07-09 on the tiny profile."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brdlib import analysis
-from brdlib.analysis import AnalysisError, TextProb, cross_entropy, probe_layer, token_logprobs
+from brdlib import cross_entropy as xent
+from brdlib import data_size, probing, scoring
 from brdlib.config import ConfigError, load_config
+from brdlib.cross_entropy import CrossEntropyError, cross_entropy
+from brdlib.probing import ProbingError, probe_layer
+from brdlib.scoring import ScoringError, TextProb, token_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +28,9 @@ def test_cross_entropy_by_hand():
     # -(0.5 log 0.25 + 0.2 log 0.5) = 0.5 * 2 log 2 + 0.2 log 2 = 1.2 log 2
     assert cross_entropy([0.5, 0.2], [0.25, 0.5]) == pytest.approx(1.2 * math.log(2))
     assert cross_entropy([0.3], [1.0]) == 0.0
-    with pytest.raises(AnalysisError, match="same texts"):
+    with pytest.raises(CrossEntropyError, match="same texts"):
         cross_entropy([0.5], [0.5, 0.5])
-    with pytest.raises(AnalysisError, match=r"\(0, 1\]"):
+    with pytest.raises(CrossEntropyError, match=r"\(0, 1\]"):
         cross_entropy([0.5], [0.0])
 
 
@@ -37,7 +40,7 @@ def test_text_prob_averages():
     assert p.n_tokens == 2
     assert p.sequence_prob("arithmetic") == pytest.approx(0.3125)  # (0.5 + 0.125) / 2
     assert p.sequence_prob("geometric") == pytest.approx(0.25)  # sqrt(0.5 * 0.125)
-    with pytest.raises(AnalysisError, match="accepted"):
+    with pytest.raises(ScoringError, match="accepted"):
         p.sequence_prob("harmonic")
 
 
@@ -48,15 +51,15 @@ def test_cross_entropy_table_sums_texts_and_averages_bigbench():
         "example_id": ["1", "2", "3", "4"], "text": 0,
         "p": [0.5, 0.2, 0.5, 0.5], "q_student_base": [0.25, 0.5, 0.5, 0.25], "q_brd": [0.5, 0.5, 0.5, 0.5],
     })
-    tidy = analysis.cross_entropy_table(cfg, texts).set_index(["role", "task"])
+    tidy = xent.cross_entropy_table(cfg, texts).set_index(["role", "task"])
     assert tidy.loc[("student_base", "rte"), "value"] == pytest.approx(1.2 * math.log(2))
     assert tidy.loc[("student_base", "rte"), "n"] == 2
     # BIG-bench-Avg: the mean of the per-task sums, 0.5 log 2 and 0.5 * 2 log 2
     assert tidy.loc[("student_base", "bigbench_avg"), "value"] == pytest.approx(0.75 * math.log(2))
-    delta = analysis.cross_entropy_difference(cfg, texts).set_index("task")
+    delta = xent.cross_entropy_difference(cfg, texts).set_index("task")
     assert delta.loc["rte", "delta"] == pytest.approx(0.7 * math.log(2) - 1.2 * math.log(2))
     assert delta.loc["rte", "ci_low"] <= delta.loc["rte", "delta"] <= delta.loc["rte", "ci_high"]
-    wide = analysis.table5(cfg, tidy.reset_index())
+    wide = xent.table5(cfg, tidy.reset_index())
     assert {"rte: ours (tiny)", "rte: n", "rte: per text", "rte: paper"} <= set(wide.columns)
     assert wide.set_index("role").loc["brd", "rte: paper"] == 66.2
 
@@ -65,10 +68,10 @@ def test_ce_pairs_readings():
     from brdlib.tasks import Example
 
     ex = Example("rte", "1", "Q? Answer:", ("Yes", "No"), 1, "test", "x", "t")
-    assert analysis.ce_pairs(ex, "instance") == [("", "Q? Answer: No")]
-    assert analysis.ce_pairs(ex, "candidates") == [("Q? Answer:", " Yes"), ("Q? Answer:", " No")]
-    with pytest.raises(AnalysisError, match="accepted"):
-        analysis.ce_pairs(ex, "words")
+    assert xent.ce_pairs(ex, "instance") == [("", "Q? Answer: No")]
+    assert xent.ce_pairs(ex, "candidates") == [("Q? Answer:", " Yes"), ("Q? Answer:", " No")]
+    with pytest.raises(CrossEntropyError, match="accepted"):
+        xent.ce_pairs(ex, "words")
 
 
 def test_token_logprobs_match_score_reference(tiny_model):
@@ -89,17 +92,17 @@ def test_token_logprobs_match_score_reference(tiny_model):
 def test_text_probs_cache_reuses(tiny_model, tmp_path):
     m = tiny_model
     pairs = [("", "one text"), ("", "another, longer text")]
-    cache = analysis.TextProbCache(tmp_path / "c.sqlite")
-    first = analysis.text_probs(m.model, m.tokenizer, pairs, cache)
-    again = analysis.text_probs(m.model, m.tokenizer, pairs[::-1], cache)
+    cache = scoring.TextProbCache(tmp_path / "c.sqlite")
+    first = scoring.text_probs(m.model, m.tokenizer, pairs, cache)
+    again = scoring.text_probs(m.model, m.tokenizer, pairs[::-1], cache)
     assert again[::-1] == first
     cache.close()
 
 
 def test_mean_pooled_states_ignore_padding(tiny_model):
     m = tiny_model
-    both = analysis.mean_pooled_states(m.model, m.tokenizer, ["short", "a much longer text than the first one"], 2)
-    alone = analysis.mean_pooled_states(m.model, m.tokenizer, ["short"], 1)
+    both = probing.mean_pooled_states(m.model, m.tokenizer, ["short", "a much longer text than the first one"], 2)
+    alone = probing.mean_pooled_states(m.model, m.tokenizer, ["short"], 1)
     assert both.shape == (m.model.config.num_hidden_layers + 1, 2, m.model.config.hidden_size)
     np.testing.assert_allclose(both[:, 0], alone[:, 0], atol=1e-5)
 
@@ -126,7 +129,7 @@ def test_probe_separable_and_noise():
 
 def test_config_keys_validated():
     cfg = load_config("tiny", ["analysis.data_size_fractions=[1.0, 0.5]", "analysis.probing_c_grid=[1, 0.1]"])
-    assert analysis.data_size_fractions(cfg) == [0.5, 1.0]
+    assert data_size.data_size_fractions(cfg) == [0.5, 1.0]
     assert cfg.analysis.probing_c_grid == [0.1, 1.0]
     with pytest.raises(ConfigError, match="data_size_fractions"):
         load_config("tiny", ["analysis.data_size_fractions=[0, 0.5]"])
@@ -138,12 +141,12 @@ def test_config_keys_validated():
 
 def test_probing_tasks_are_table9_only():
     cfg = load_config("tiny")
-    assert analysis.probing_tasks(cfg) == ["xnli", "rte", "cb", "pawsx", "boolq", "sst2"]
-    assert analysis.probing_tasks(load_config("tiny", ["analysis.probing_tasks=[cb]"])) == ["cb"]
-    with pytest.raises(AnalysisError, match="cannot be probed"):
-        analysis.probing_tasks(load_config("tiny", ["analysis.probing_tasks=[bigbench]"]))
-    with pytest.raises(AnalysisError, match="no Table 9 task"):
-        analysis.probing_tasks(load_config("tiny", ["data.tasks=[bigbench]"]))
+    assert probing.probing_tasks(cfg) == ["xnli", "rte", "cb", "pawsx", "boolq", "sst2"]
+    assert probing.probing_tasks(load_config("tiny", ["analysis.probing_tasks=[cb]"])) == ["cb"]
+    with pytest.raises(ProbingError, match="cannot be probed"):
+        probing.probing_tasks(load_config("tiny", ["analysis.probing_tasks=[bigbench]"]))
+    with pytest.raises(ProbingError, match="no Table 9 task"):
+        probing.probing_tasks(load_config("tiny", ["data.tasks=[bigbench]"]))
 
 
 def test_data_size_curve_helpers():
@@ -153,15 +156,15 @@ def test_data_size_curve_helpers():
     tasks = ["xnli", "rte", "cb", "pawsx", "boolq", "sst2", "bigbench_avg"]
     acc = pd.DataFrame([{"role": r, "task": t, "value": v, "n": 10, "n_tasks": 1, "ci_low": v - 5, "ci_high": v + 5}
                         for r, v in [("student_base", 50.0), ("brd_frac0.5", 55.0), ("brd", 60.0)] for t in tasks])
-    curve = analysis.data_size_frame(plan, acc)
+    curve = data_size.data_size_frame(plan, acc)
     avg = curve[curve["task"] == "average"].set_index("fraction")["value"]
     assert list(avg) == [50.0, 55.0, 60.0]
-    wide = analysis.data_size_table(curve, "tiny")
+    wide = data_size.data_size_table(curve, "tiny")
     assert list(wide["passages"]) == [0, 5, 10] and "average: ours (tiny)" in wide.columns
-    claims = analysis.data_size_claims(curve)
+    claims = data_size.data_size_claims(curve)
     assert claims.iloc[1]["ours"] == pytest.approx(10.0)
     assert claims.iloc[2]["ours"] == "2 of 2"
-    analysis.data_size_figure(curve)
+    data_size.data_size_figure(curve)
 
 
 @pytest.mark.slow
@@ -217,7 +220,7 @@ def test_token_logprobs_and_states_fit_the_models_positions():
     np.testing.assert_allclose(whole_lp[:32], first[torch.arange(32), torch.tensor(ids[:32])].numpy(), atol=1e-4)
     np.testing.assert_allclose(whole_lp[32:64], second[torch.arange(32), torch.tensor(ids[32:64])].numpy(),
                                atol=1e-4)
-    states = analysis.mean_pooled_states(model, tok, [LONG, "short"], 2)
+    states = probing.mean_pooled_states(model, tok, [LONG, "short"], 2)
     with torch.no_grad():
         tail = model(input_ids=torch.tensor([ids[-32:]]), output_hidden_states=True).hidden_states
     np.testing.assert_allclose(states[:, 0], torch.stack([h[0].mean(0) for h in tail]).numpy(), atol=1e-4)
@@ -243,7 +246,7 @@ def test_probing_and_table5_read_the_tokenizers_start_token():
     assert ids[0] == eos
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-    states = analysis.mean_pooled_states(model, tok, [text], 1)
+    states = probing.mean_pooled_states(model, tok, [text], 1)
     np.testing.assert_allclose(states[:, 0], torch.stack([h[0].mean(0) for h in out.hidden_states]).numpy(),
                                atol=1e-5)
     lp = token_logprobs(model, tok, [("", text)])[0]

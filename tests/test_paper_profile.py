@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 from transformers import XGLMConfig
 
-from brdlib import analysis, blind
+from brdlib import blind, probing
 from brdlib.config import load_config
+from brdlib.probing import ProbingError
 
 XNLI_TRAIN, XNLI_VALIDATION, XNLI_TEST = 392_702, 2_490, 5_010
 
@@ -54,10 +55,10 @@ def test_paper_probing_inputs_are_bounded_to_a_few_gigabytes():
     assert a.probing_max_train is not None and a.probing_max_eval is not None
     xglm = XGLMConfig()  # XGLM-564M's shape: 24 layers + the embedding output, width 1,024
     assert (xglm.num_layers, xglm.d_model) == (24, 1024)
-    assert analysis.probe_feature_bytes(1, 25, 1024) == 102_400
-    assert analysis.probe_feature_bytes(XNLI_TRAIN, 25, 1024) > 40e9  # unbounded XNLI: ~40 GB per model
+    assert probing.probe_feature_bytes(1, 25, 1024) == 102_400
+    assert probing.probe_feature_bytes(XNLI_TRAIN, 25, 1024) > 40e9  # unbounded XNLI: ~40 GB per model
     per_task = {"train": a.probing_max_train, "tune": a.probing_max_eval, "test": a.probing_max_eval}
-    need = analysis.check_probe_memory(load_config("paper"), "xnli", per_task, xglm)
+    need = probing.check_probe_memory(load_config("paper"), "xnli", per_task, xglm)
     assert need <= a.probing_max_feature_gb * 1e9 <= 8e9  # a few GB at most, per model and task
     assert a.probing_max_eval >= XNLI_TEST  # every evaluation split stays whole
 
@@ -65,20 +66,20 @@ def test_paper_probing_inputs_are_bounded_to_a_few_gigabytes():
 def test_an_unbounded_probe_set_is_refused_by_name():
     cfg = load_config("paper", ["analysis.probing_max_train=null", "analysis.probing_max_eval=null"])
     sizes = {"train": XNLI_TRAIN, "tune": XNLI_VALIDATION, "test": XNLI_TEST}
-    with pytest.raises(analysis.AnalysisError, match=r"probing xnli: train 392,702.*= 41\.0 GB.*probing_max_feature_gb"
+    with pytest.raises(ProbingError, match=r"probing xnli: train 392,702.*= 41\.0 GB.*probing_max_feature_gb"
                                                      r"=4\.0.*analysis\.probing_max_train"):
-        analysis.check_probe_memory(cfg, "xnli", sizes, XGLMConfig())
+        probing.check_probe_memory(cfg, "xnli", sizes, XGLMConfig())
     unlimited = load_config("paper", ["analysis.probing_max_feature_gb=null"])
-    assert analysis.check_probe_memory(unlimited, "xnli", sizes, XGLMConfig()) > 40e9
+    assert probing.check_probe_memory(unlimited, "xnli", sizes, XGLMConfig()) > 40e9
 
 
 def test_probing_data_honours_the_bounds_and_probe_models_checks_before_encoding(tmp_path, monkeypatch):
     cfg = load_config("tiny", [f"output_root={tmp_path}", "analysis.probing_max_train=2",
                                "analysis.probing_max_eval=1"])
-    data = analysis.probing_data(cfg, ["rte", "sst2"])
+    data = probing.probing_data(cfg, ["rte", "sst2"])
     for splits in data.values():
         assert len(splits["train"]) == 2 and len(splits["tune"]) == 1 and len(splits["test"]) == 1
     tight = load_config("tiny", [f"output_root={tmp_path}", "analysis.probing_max_feature_gb=1e-9"])
-    monkeypatch.setattr(analysis, "mean_pooled_states", lambda *a, **k: pytest.fail("encoded before the check"))
-    with pytest.raises(analysis.AnalysisError, match="probing rte: train .* over analysis.probing_max_feature_gb"):
-        analysis.probe_models(tight, {"student_base": "student"}, ["rte"], progress=False)
+    monkeypatch.setattr(probing, "mean_pooled_states", lambda *a, **k: pytest.fail("encoded before the check"))
+    with pytest.raises(ProbingError, match="probing rte: train .* over analysis.probing_max_feature_gb"):
+        probing.probe_models(tight, {"student_base": "student"}, ["rte"], progress=False)

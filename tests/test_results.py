@@ -128,7 +128,8 @@ def test_tidy_rows_hold_the_numbers_the_display_table_shows(cfg, table, where, r
 
 
 def test_cross_entropy_probing_and_data_size_rows(cfg):
-    from brdlib.analysis import data_size_table, table5
+    from brdlib.cross_entropy import table5
+    from brdlib.data_size import data_size_table
 
     ce = pd.DataFrame([{"role": r, "task": t, "value": v + i, "n": 5, "per_text": (v + i) / 5,
                         "per_text_ci_low": 0.1, "per_text_ci_high": 0.9}
