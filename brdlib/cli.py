@@ -26,13 +26,16 @@ import yaml
 
 from brdlib import assemble as assemble_stage
 from brdlib import bigbench as bigbench_resource
-from brdlib import embedded, runner
-from brdlib.config import ConfigError, available_profiles, load_config
+from brdlib import embedded, kd, runner, train
+from brdlib.config import RECIPES, ConfigError, available_profiles, load_config
+from brdlib.records import KD_KINDS
 from brdlib.report import MEASURED_COLUMNS, compare_tables
 from brdlib.specs import EMBEDDED_MODELS, embedded_name
 
-__all__ = ["COMMANDS", "assemble_main", "bigbench_main", "config_main", "main", "models_main",
-           "report_main", "run_main"]
+__all__ = [
+    "COMMANDS", "assemble_main", "bigbench_main", "config_main", "kd_main", "main", "models_main", "report_main",
+    "run_main", "train_main",
+]
 
 BAD_INPUT = 2
 
@@ -159,6 +162,63 @@ def assemble_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``brd train PROFILE [key=value ...] --variant brd --name brd [--init SPEC] [--recipe R] [--max-steps N]``;
+    with ``--pack-only``, only pack the variant into the cache the training reads (run it before accelerate launch:
+    ``accelerate launch --config_file ... -m brdlib.cli train PROFILE ...``)."""
+    parser = argparse.ArgumentParser(prog="brd train", description=train.__doc__.split("\n\n")[0])
+    _profile_arguments(parser, "recipes.brd.max_steps=10")
+    parser.add_argument("--variant", default="brd", help="passage variant to train on (default: brd)")
+    parser.add_argument("--name", help="student name (default: the variant's; 'further' for ori)")
+    parser.add_argument("--init", help="model spec, directory or trained student to start from")
+    parser.add_argument("--recipe", choices=list(RECIPES),
+                        help="the profile's training recipe (default: further for ori, else brd)")
+    parser.add_argument("--max-steps", type=int, help="steps instead of the recipe's")
+    parser.add_argument("--force", action="store_true", help="retrain even if a finished student exists")
+    parser.add_argument("--pack-only", action="store_true",
+                        help="tokenise and pack the variant into the cache the training reads, then stop")
+    args = parser.parse_args(argv)
+    _logging()
+    try:
+        cfg = load_config(args.profile, args.overrides)
+        recipe = args.recipe or ("further" if args.variant == "ori" else "brd")
+        if args.pack_only:
+            folder, stats = train.pack_variant(cfg, args.variant, args.init, recipe)
+            print(f"variant {args.variant!r}: {stats.blocks} blocks of {stats.block_size} tokens "
+                  f"({stats.real_tokens} real) in {folder}")
+            return 0
+        name = args.name or ("further" if args.variant == "ori" else args.variant)
+        path = train.train_student(cfg, args.variant, name, args.init, recipe=recipe, max_steps=args.max_steps,
+                                   force=args.force)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        return _error(err)
+    print(f"student {name!r} saved to {path}")
+    return 0
+
+
+def kd_main(argv: Sequence[str] | None = None) -> int:
+    """``brd kd PROFILE [key=value ...] [--kind skd|minillm] [--force]``: train the KD baselines."""
+    parser = argparse.ArgumentParser(prog="brd kd", description=kd.__doc__.split("\n\n")[0])
+    _profile_arguments(parser, "recipes.kd.max_steps=10")
+    parser.add_argument("--kind", choices=list(KD_KINDS), help="one kind (default: both, via ensure_kd_students)")
+    parser.add_argument("--force", action="store_true", help="retrain even if a finished student exists")
+    args = parser.parse_args(argv)
+    _logging()
+    try:
+        cfg = load_config(args.profile, args.overrides)
+        if args.kind:
+            refs = {args.kind: str(kd.train_kd_student(cfg, args.kind, force=args.force))}
+        else:
+            for kind in KD_KINDS if args.force else ():
+                kd.train_kd_student(cfg, kind, force=True)
+            refs = kd.ensure_kd_students(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        return _error(err)
+    for kind, ref in refs.items():
+        print(f"{kind}: {ref}")
+    return 0
+
+
 def bigbench_main(argv: Sequence[str] | None = None) -> int:
     """``brd bigbench select --tasks-dir DIR`` rewrites the selection CSV from a tasks folder; ``fetch`` gets the
     bigbench sdist."""
@@ -199,8 +259,8 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
 
 COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
-    "run": run_main, "config": config_main, "models": models_main, "assemble": assemble_main,
-    "bigbench": bigbench_main, "report": report_main,
+    "run": run_main, "config": config_main, "models": models_main, "assemble": assemble_main, "train": train_main,
+    "kd": kd_main, "bigbench": bigbench_main, "report": report_main,
 }
 """``brd COMMAND``: the function each command runs."""
 

@@ -308,7 +308,7 @@ class TrainConfig(_Strict):
     ddp_timeout: int = Field(
         default=1800, gt=0,
         description="seconds a process waits at a collective (the process group's and TrainingArguments' "
-        "ddp_timeout); pack first (python -m brdlib.train PROFILE --pack-only) so no rank waits on packing",
+        "ddp_timeout); pack first (brd train PROFILE --pack-only) so no rank waits on packing",
     )
 
 

@@ -3,7 +3,7 @@
     from brdlib.kd import ensure_kd_students, train_kd_student
     refs = ensure_kd_students(cfg)          # {"skd": ..., "minillm": ...} for brdlib.evaluate.evaluate_models
     path = train_kd_student(cfg, "skd")     # cfg.data_dir/students/skd (model, tokenizer, train_summary.json)
-    python -m brdlib.kd tiny --kind minillm
+    brd kd tiny --kind minillm
 
 The paper compares against the GPT-2 760M students released by Gu et al. (2023, MiniLLM): **SKD**, standard
 token-level KD (forward KL from the teacher's next-token distribution), and **MiniLLM** (reverse KL). With
@@ -41,11 +41,9 @@ inputs makes a later call reuse it, or retrain it when the inputs changed.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +58,12 @@ if TYPE_CHECKING:
 
     from brdlib.config import Config
     from brdlib.models import LoadedModel
+
+__all__ = [
+    "KD_FORMAT_VERSION", "KDError", "KDPlan", "TeacherLogits", "ensure_kd_students", "is_current", "kd_blocks",
+    "kd_fingerprint", "kd_loss", "kd_model_spec", "kd_texts", "load_teacher", "load_tokenizer", "next_token_mask",
+    "plan_kd_student", "precompute_teacher_logits", "shared_vocabulary_size", "train_kd_student",
+]
 
 log = logging.getLogger(__name__)
 
@@ -410,38 +414,3 @@ def ensure_kd_students(cfg: Config, *, progress: bool = True) -> dict[str, str]:
     del teacher, logits
     free_memory()  # the teacher's memory, before the notebook loads the next model
     return refs
-
-
-# Command line -----------------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m brdlib.kd PROFILE [key=value ...] [--kind skd|minillm] [--force]``: train KD students."""
-    from brdlib.config import ConfigError, load_config
-
-    parser = argparse.ArgumentParser(prog="python -m brdlib.kd", description=__doc__.split("\n\n")[0])
-    parser.add_argument("profile", help="profile name or path")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. recipes.kd.max_steps=10")
-    parser.add_argument("--kind", choices=list(KD_KINDS), help="one kind (default: both, via ensure_kd_students)")
-    parser.add_argument("--force", action="store_true", help="retrain even if a finished student exists")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.profile, args.overrides)
-        if args.kind:
-            refs = {args.kind: str(train_kd_student(cfg, args.kind, force=args.force))}
-        else:
-            if args.force:
-                for kind in KD_KINDS:
-                    train_kd_student(cfg, kind, force=True)
-            refs = ensure_kd_students(cfg)
-    except (ConfigError, KDError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for kind, ref in refs.items():
-        print(f"{kind}: {ref}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

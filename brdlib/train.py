@@ -7,9 +7,9 @@
 Several GPUs (the paper used four A100s), or two CPU processes to check the DDP path; pack first, in one
 process, so that no rank waits at a barrier while rank 0 tokenises D_TRAIN::
 
-    python -m brdlib.train paper --variant brd --pack-only
-    accelerate launch --config_file configs/accelerate/ddp_4gpu.yaml -m brdlib.train paper --variant brd --name brd
-    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m brdlib.train tiny --variant brd --name brd
+    brd train paper --variant brd --pack-only
+    accelerate launch --config_file configs/accelerate/ddp_4gpu.yaml -m brdlib.cli train paper --variant brd --name brd
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m brdlib.cli train tiny --variant brd --name brd
 
 What it does:
 
@@ -51,7 +51,6 @@ What it does:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import inspect
@@ -60,7 +59,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -99,10 +97,10 @@ __all__ = [
     "build_named_students", "check_chunked_loss", "check_max_length", "checkpointing_argument",
     "chunked_causal_lm_loss", "chunked_loss", "distributed_state", "final_checkpoint_callback", "flops_per_token",
     "fsdp_on_cpu", "has_weights", "is_up_to_date", "last_complete_checkpoint", "load_tokenizer", "loss_curve_figure",
-    "main", "median", "optimizer_arguments", "pack_dataset", "pack_sequences", "pack_variant", "packed_blocks",
-    "packed_dir", "peak_flops", "peak_memory_mb", "per_device_batch", "resolve_recipe", "run_and_save",
-    "settings_table", "tokenizer_fingerprint", "train_model", "train_student", "training_arguments",
-    "training_fingerprint", "training_summary", "training_table", "use_chunked_loss",
+    "median", "optimizer_arguments", "pack_dataset", "pack_sequences", "pack_variant", "packed_blocks", "packed_dir",
+    "peak_flops", "peak_memory_mb", "per_device_batch", "resolve_recipe", "run_and_save", "settings_table",
+    "tokenizer_fingerprint", "train_model", "train_student", "training_arguments", "training_fingerprint",
+    "training_summary", "training_table", "use_chunked_loss",
 ]
 
 log = logging.getLogger(__name__)
@@ -1002,48 +1000,3 @@ def loss_curve_figure(summaries: Sequence[dict[str, Any]], title: str = "") -> F
     ax.set_title(title or "Training loss", fontsize=11)
     ax.legend(fontsize=9)
     return fig
-
-
-# Command line (what accelerate launch runs) ----------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m brdlib.train PROFILE [key=value ...] --variant brd --name brd [--init SPEC] [--recipe R]
-    [--max-steps N]``;
-    with ``--pack-only``, only pack the variant into the cache the training reads (run it before accelerate launch)."""
-    from brdlib.config import RECIPES, ConfigError, load_config
-
-    parser = argparse.ArgumentParser(prog="python -m brdlib.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("profile", help="profile name or path")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. recipes.brd.max_steps=10")
-    parser.add_argument("--variant", default="brd", help="passage variant to train on (default: brd)")
-    parser.add_argument("--name", help="student name (default: the variant's; 'further' for ori)")
-    parser.add_argument("--init", help="model spec, directory or trained student to start from")
-    parser.add_argument("--recipe", choices=list(RECIPES),
-                        help="the profile's training recipe (default: further for ori, else brd)")
-    parser.add_argument("--max-steps", type=int, help="steps instead of the recipe's")
-    parser.add_argument("--force", action="store_true", help="retrain even if a finished student exists")
-    parser.add_argument("--pack-only", action="store_true",
-                        help="tokenise and pack the variant into the cache the training reads, then stop")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.profile, args.overrides)
-        recipe = args.recipe or ("further" if args.variant == "ori" else "brd")
-        if args.pack_only:
-            folder, stats = pack_variant(cfg, args.variant, args.init, recipe)
-            print(f"variant {args.variant!r}: {stats.blocks} blocks of {stats.block_size} tokens "
-                  f"({stats.real_tokens} real) in {folder}")
-            return 0
-        name = args.name or ("further" if args.variant == "ori" else args.variant)
-        path = train_student(cfg, args.variant, name, args.init, recipe=recipe, max_steps=args.max_steps,
-                             force=args.force)
-    except (ConfigError, TrainError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"student {name!r} saved to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -313,8 +313,8 @@ def test_ddp_two_cpu_processes_trains_the_same_model(tiny_brd, tmp_path):
     cfg = tiny_brd
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = ["accelerate", "launch", "--config_file", str(REPO_ROOT / "configs/accelerate/cpu_2proc.yaml"),
-           "-m", "brdlib.train", "tiny", f"output_root={tmp_path}", "recipes.brd.max_steps=4", "train.save_steps=2",
-           "--variant", "brd", "--name", "ddp"]
+           "-m", "brdlib.cli", "train", "tiny", f"output_root={tmp_path}", "recipes.brd.max_steps=4",
+           "train.save_steps=2", "--variant", "brd", "--name", "ddp"]
     run = subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:") or "Error:" in ln]
@@ -379,7 +379,7 @@ def test_packing_is_a_cached_step_that_training_reuses(tiny_brd, tmp_path, monke
     import brdlib.train
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cli = subprocess.run([sys.executable, "-m", "brdlib.train", "tiny", f"output_root={tmp_path}", "--variant",
+    cli = subprocess.run([sys.executable, "-m", "brdlib.cli", "train", "tiny", f"output_root={tmp_path}", "--variant",
                           "brd", "--pack-only"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-2000:]
     folder = Path(cli.stdout.strip().split(" in ")[-1])
@@ -463,11 +463,12 @@ def test_fsdp_two_cpu_processes_save_a_student_that_loads_and_scores(tiny_brd, t
     cfg = tiny_brd
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     base = ["tiny", f"output_root={tmp_path}", "recipes.brd.max_steps=4", "train.save_steps=2", "--variant", "brd"]
-    packed = subprocess.run([sys.executable, "-m", "brdlib.train", *base, "--pack-only"], cwd=REPO_ROOT, env=env,
+    packed = subprocess.run([sys.executable, "-m", "brdlib.cli", "train", *base, "--pack-only"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert packed.returncode == 0, packed.stderr[-2000:]
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-           str(REPO_ROOT / "configs/accelerate/fsdp_cpu_2proc.yaml"), "-m", "brdlib.train", *base, "--name", "fsdp"]
+           str(REPO_ROOT / "configs/accelerate/fsdp_cpu_2proc.yaml"), "-m", "brdlib.cli", "train", *base,
+           "--name", "fsdp"]
     run = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr.count("reusing packed blocks") == 2 and "packing into blocks" not in run.stderr
