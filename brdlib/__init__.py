@@ -1,8 +1,26 @@
 """brdlib: the library behind the Basic Reading Distillation reproduction's notebooks.
 
-Modules, one responsibility each: config (profiles), embedded (PyPI-shipped models), models (spec ->
-model), runner (papermill), report (tables, figures, the paper's reference numbers), scoring
-(multiple-choice log-probabilities), and the pipeline stages as they are built.
+One module per job, on floors that import only downward (README "Layout"; ``tests/test_structure.py`` checks it):
+
+0. records and config: ``records`` (the record types, KD kinds, shard parsing), ``specs`` (model specs, the
+   embedded-model registry), ``prompts`` (the paper's templates, verbatim), ``config`` (the typed profile);
+1. store: ``store`` (every path under ``data/<profile>/``, atomic writes, ``resolve_model``, ``ensure``),
+   ``report`` (tables, figures, the paper's numbers), ``results`` (tidy long-form results);
+2. resources: ``embedded``, ``models``, ``corpus``, ``tasks``, ``bigbench``, ``backends``;
+3. stages: ``teacher``, ``assemble``, ``train`` (and ``kd``'s loss), ``scoring``, ``evaluate``;
+4. studies: ``blind``, ``protocols``, ``cross_entropy``, ``probing``, ``data_size``, ``paper_tables``;
+5. commands: ``cli`` (every command), ``runner`` (the notebooks, in order).
+
+Importing ``brdlib`` imports none of them; notebooks import the modules they use (``from brdlib import blind``).
 """
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "records", "specs", "prompts", "config",
+    "store", "report", "results",
+    "embedded", "models", "corpus", "tasks", "bigbench", "backends",
+    "teacher", "assemble", "train", "kd", "scoring", "evaluate",
+    "blind", "protocols", "cross_entropy", "probing", "data_size", "paper_tables",
+    "cli", "runner",
+]

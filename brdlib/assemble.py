@@ -44,8 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from brdlib.corpus import load_passages
+from brdlib.embedded import tokenizer_dir
+from brdlib.models import pretrained_tokenizer, resolve_spec, tiny_tokenizer
 from brdlib.records import BEHAVIOURS, BehaviourRecord, Passage
 from brdlib.store import CARD_FILE, artefact_dir, load_card, passages_dir, register_builder, swap_into_place
+from brdlib.teacher import load_behaviours, run_teacher
 
 if TYPE_CHECKING:
     import datasets
@@ -377,13 +381,11 @@ def token_stats(lengths: Sequence[int]) -> dict[str, float | int]:
 
 def student_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     """The profile's student tokenizer, without loading the model's weights."""
-    from brdlib.models import pretrained_tokenizer, resolve_spec, tiny_tokenizer
 
     resolved = resolve_spec(cfg.models.student)
     if resolved.kind == "tiny-random":
         return tiny_tokenizer()
     if resolved.kind == "embedded":
-        from brdlib.embedded import tokenizer_dir
 
         return pretrained_tokenizer(str(tokenizer_dir(resolved.source)))
     return pretrained_tokenizer(resolved.source)
@@ -473,11 +475,9 @@ def assemble_variant(
     name = name or variant
     out = passages_dir(cfg, name)
     if passages is None:
-        from brdlib.corpus import load_passages
 
         passages = load_passages(cfg)
     if behaviours is None:
-        from brdlib.teacher import load_behaviours
 
         behaviours = load_behaviours(cfg, teacher_role, passages=passages)
     tokenizer = tokenizer or student_tokenizer(cfg)
@@ -534,7 +534,6 @@ def teacher_behaviours(cfg: Config, passages: Sequence[Passage], teacher_role: s
     """The teacher stage's records for ``passages``; with ``generate_missing``, whatever stage 01 has not produced
     yet is generated first (:func:`brdlib.teacher.run_teacher` reuses every finished record), so a stage run on
     its own still finds its inputs."""
-    from brdlib.teacher import load_behaviours, run_teacher
 
     if generate_missing:
         run_teacher(cfg, passages, teacher_role)
@@ -557,7 +556,6 @@ def assemble_all(
     from tqdm.auto import tqdm
 
     if passages is None:
-        from brdlib.corpus import load_passages
 
         passages = load_passages(cfg)
     if behaviours is None:

@@ -34,7 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brdlib.models import free_memory
+from brdlib.embedded import ensure_converted, gguf_path
+from brdlib.models import free_memory, load_ref, resolve_spec
+from brdlib.specs import embedded_name
 
 if TYPE_CHECKING:
     from brdlib.config import Config
@@ -738,7 +740,6 @@ def resolve_backend_name(cfg: Config, role: str = "teacher") -> str:
     'auto' takes vllm only when it is installed and the device is CUDA, and llama.cpp only when
     xllamacpp is installed, the device is CPU and the model has a GGUF file (an embedded model).
     """
-    from brdlib.specs import embedded_name
 
     chosen = cfg.teacher.backend
     if chosen != "auto":
@@ -754,8 +755,6 @@ def resolve_backend_name(cfg: Config, role: str = "teacher") -> str:
 
 def make_backend(cfg: Config, role: str = "teacher", backend: str | None = None) -> Backend:
     """Load the model of ``role`` into the backend the profile asks for (or ``backend``)."""
-    from brdlib.embedded import ensure_converted, gguf_path
-    from brdlib.models import load_ref, resolve_spec
 
     roles = cfg.models.roles()
     if role not in roles:

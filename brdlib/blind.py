@@ -20,8 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brdlib.store import ensure, student_dir
-from brdlib.train import NAMED_STUDENTS
+from brdlib.assemble import assemble_all, assemble_variant, teacher_behaviours
+from brdlib.corpus import load_passages
+from brdlib.evaluate import evaluate_models, paired_difference
+from brdlib.kd import ensure_kd_students
+from brdlib.report import paper_table
+from brdlib.store import ensure, load_card, load_summary, student_dir
+from brdlib.tasks import task_names
+from brdlib.train import NAMED_STUDENTS, train_student
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,7 +86,6 @@ def blind_models(cfg: Config) -> dict[str, str]:
 
 def main_tasks(cfg: Config) -> list[str]:
     """The profile's tasks without BIG-bench: the columns of Tables 4, 6, 7 and 12."""
-    from brdlib.tasks import task_names
 
     return [t for t in task_names(cfg) if not t.startswith("bigbench:")]
 
@@ -91,7 +96,6 @@ def evaluate_blind(cfg: Config, models: Mapping[str, str], progress: bool = True
     as no table shows them on BIG-bench (on smoke that saves about a third of their scoring time)."""
     import pandas as pd
 
-    from brdlib.evaluate import evaluate_models
 
     full = {r: m for r, m in models.items() if r in TABLE3_ROLES}
     main = {r: m for r, m in models.items() if r not in TABLE3_ROLES}
@@ -152,9 +156,6 @@ def train_two_teacher_students(cfg: Config, teacher_roles: Sequence[str] = ("tea
     with each teacher (resumable; the first teacher's records come from stage 01), assemble the ``brd`` variant on
     that subset per teacher, and train one student on each with recipe ``ablation`` (same subset, same
     steps). Returns teacher role -> student name."""
-    from brdlib.assemble import assemble_variant, teacher_behaviours
-    from brdlib.corpus import load_passages
-    from brdlib.train import train_student
 
     roles = cfg.models.roles()
     unknown = [r for r in teacher_roles if r not in roles]
@@ -176,7 +177,6 @@ def subset_summary(cfg: Config, students: Mapping[str, str]) -> pd.DataFrame:
     """What each Table 6 student was trained on: teacher, passages, sentences, rows and tokens of its variant."""
     import pandas as pd
 
-    from brdlib.store import load_card, load_summary
 
     rows = []
     for role, name in students.items():
@@ -206,7 +206,6 @@ def table6_accuracy(accuracy: pd.DataFrame, students: Mapping[str, str]) -> pd.D
 
 def kd_students(cfg: Config) -> dict[str, str]:
     """``brdlib.kd.ensure_kd_students(cfg)``: roles ``skd``, ``minillm`` -> model references, checked."""
-    from brdlib.kd import ensure_kd_students
 
     refs = dict(ensure_kd_students(cfg))
     missing = [r for r in KD_ROLES if r not in refs]
@@ -224,8 +223,6 @@ def train_kd_brd_students(cfg: Config, kd_refs: Mapping[str, str], progress: boo
     """'+BRD' (§5.1): continue training each KD student on D_TRAIN (variant ``brd``) with recipe ``kd_brd`` (the KD
     students are ~4x the student's size; smoke trains them smaller, with Adafactor, so that weights, gradients and
     optimizer state fit 8 GB). Returns role (``skd_brd``, ...) -> student name."""
-    from brdlib.assemble import assemble_all
-    from brdlib.train import train_student
 
     assemble_all(cfg, ["brd"])
     out = {}
@@ -251,7 +248,6 @@ def bigbench_per_task(cfg: Config, predictions: pd.DataFrame, role: str = "brd",
                       baseline: str = "student_base") -> pd.DataFrame:
     """Figure 3's data: per BIG-bench task, ``role`` and ``baseline`` accuracy on the same examples, their paired
     difference with a 95% bootstrap interval, and the outcome (better/tied/worse); sorted by the difference."""
-    from brdlib.evaluate import paired_difference
 
     bb = predictions[predictions["task"].str.startswith("bigbench:")]
     if bb.empty:
@@ -276,7 +272,6 @@ def bigbench_claims(per_task: pd.DataFrame) -> pd.DataFrame:
     share of tasks BRD improves (of all tasks, and of the non-tied ones), with a sign test over tasks."""
     import pandas as pd
 
-    from brdlib.report import paper_table
 
     claims = paper_table("figure_claims").set_index("quantity")
     counts = per_task["outcome"].value_counts()

@@ -23,6 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from brdlib.records import KD_KINDS, parse_shard
 from brdlib.specs import validate_spec
 
+__all__ = [
+    "CONFIG_DIR", "DATA_DIR_ENV", "EXTENDS_KEY", "FIXTURE_MIRROR_DIR", "RECIPE_OVERRIDES", "RECIPES", "REPO_ROOT",
+    "AnalysisConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "KDConfig", "ModelsConfig",
+    "PassagesConfig", "ProtocolsConfig", "RecipeConfig", "RecipesConfig", "TeacherConfig", "TrainConfig",
+    "TrainRecipe", "available_profiles", "cpu_has_native_bf16", "load_config", "merge_profiles", "parse_overrides",
+    "raw_profile", "read_profile_file",
+]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 FIXTURE_MIRROR_DIR = REPO_ROOT / "tests" / "fixtures" / "mirror"

@@ -35,9 +35,12 @@ import numpy as np
 
 from brdlib.blind import BLIND_ROLES
 from brdlib.config import Config
-from brdlib.models import model_label
+from brdlib.evaluate import BIGBENCH_AVG, bootstrap_ci
+from brdlib.models import free_memory, load_ref, model_label
+from brdlib.report import compare_with_paper, paper_rows
 from brdlib.scoring import TextProbCache, text_probs
 from brdlib.store import artefact_dir
+from brdlib.tasks import gold_label, load_examples, stratified_sample, task_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,7 +82,6 @@ def ce_pairs(example: Any, text: Literal["instance", "candidates"] = "instance")
 def cross_entropy_examples(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, list[Any]]:
     """Each task's test examples for Table 5: up to ``analysis.cross_entropy_max_examples`` random (label-
     stratified, seeded) instances per BIG-bench task, ``analysis.cross_entropy_max_examples_main`` per other task."""
-    from brdlib.tasks import gold_label, load_examples, stratified_sample, task_names
 
     a = cfg.analysis
     out = {}
@@ -98,7 +100,6 @@ def cross_entropy_texts(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tea
     """
     import pandas as pd
 
-    from brdlib.models import free_memory, load_ref
 
     by_task = cross_entropy_examples(cfg, tasks)
     kind = cfg.analysis.cross_entropy_text
@@ -134,7 +135,6 @@ def cross_entropy_table(cfg: Config, texts: pd.DataFrame, bigbench_average: bool
     mean contribution) and its 95% bootstrap interval; BIG-bench tasks also averaged into ``bigbench_avg``."""
     import pandas as pd
 
-    from brdlib.evaluate import BIGBENCH_AVG, bootstrap_ci
 
     roles = [c.removeprefix("q_") for c in texts.columns if c.startswith("q_")]
     rows = []
@@ -161,7 +161,6 @@ def cross_entropy_difference(cfg: Config, texts: pd.DataFrame, role: str = "brd"
     the teacher), as a sum and relative to the baseline, with a paired bootstrap interval of the summed difference."""
     import pandas as pd
 
-    from brdlib.evaluate import bootstrap_ci
 
     for r in (role, baseline):
         if f"q_{r}" not in texts.columns:
@@ -183,7 +182,6 @@ def table5(cfg: Config, tidy: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
     ``n`` texts and the mean per text (sums are comparable only on the same texts)."""
     import pandas as pd
 
-    from brdlib.report import compare_with_paper
 
     ours = tidy[tidy["task"].isin(["xnli", "rte", "cb", "pawsx", "boolq", "sst2", "bigbench_avg"])]
     wide = compare_with_paper(ours[["role", "task", "value"]], "table5", cfg.profile, decimals=decimals)
@@ -206,7 +204,6 @@ def cross_entropy_figure(cfg: Config, tidy: pd.DataFrame, role: str = "brd",
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from brdlib.report import paper_rows
 
     tasks = list(dict.fromkeys(tidy["task"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(9, 0.9 * len(tasks) + 6), 4.2))

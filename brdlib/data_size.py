@@ -20,8 +20,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from brdlib.assemble import size_variant_name
 from brdlib.config import Config
-from brdlib.store import ensure
+from brdlib.evaluate import TABLE_TASKS, evaluate_model, save_predictions
+from brdlib.report import paper_table
+from brdlib.store import ensure, load_card
+from brdlib.train import train_student
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,8 +53,6 @@ def data_size_plan(cfg: Config) -> pd.DataFrame:
     (assembled here where missing). See the module docstring for the two step rules."""
     import pandas as pd
 
-    from brdlib.assemble import size_variant_name
-    from brdlib.store import load_card
 
     fractions = data_size_fractions(cfg)
     mode = cfg.analysis.data_size_steps
@@ -76,7 +78,6 @@ def data_size_plan(cfg: Config) -> pd.DataFrame:
 
 def train_size_students(cfg: Config, plan: pd.DataFrame, progress: bool = True) -> dict[str, Path]:
     """Train (or reuse) the student of each size of ``plan``; returns student name -> directory."""
-    from brdlib.train import train_student
 
     return {r.student: train_student(cfg, r.variant, r.student, recipe="brd", max_steps=int(r.steps), progress=progress)
             for r in plan.itertuples()}
@@ -89,7 +90,6 @@ def evaluate_sizes(cfg: Config, plan: pd.DataFrame, base_role: str = "student_ba
     predictions are saved: the base's and ``brd``'s, possibly on fewer examples here, would overwrite notebook 04's."""
     import pandas as pd
 
-    from brdlib.evaluate import evaluate_model, save_predictions
 
     cap = cfg.analysis.data_size_max_examples
     shared = {base_role: "student", "brd": "brd"}
@@ -106,7 +106,6 @@ def data_size_frame(plan: pd.DataFrame, accuracy: pd.DataFrame, base_role: str =
     size in passages, tokens and steps; the Table 3 ``average`` over the paper's columns where all are present."""
     import pandas as pd
 
-    from brdlib.evaluate import TABLE_TASKS
 
     sizes = [{"student": base_role, "fraction": 0.0, "passages": 0, "tokens": 0, "steps": 0},
              *plan[["student", "fraction", "passages", "tokens", "steps"]].to_dict("records")]
@@ -123,7 +122,6 @@ def data_size_frame(plan: pd.DataFrame, accuracy: pd.DataFrame, base_role: str =
 
 def data_size_table(curve: pd.DataFrame, profile: str, decimals: int = 1) -> pd.DataFrame:
     """Wide: one row per size, the accuracy (%) per paper column and the average."""
-    from brdlib.evaluate import TABLE_TASKS
 
     keys = ["fraction", "student", "passages", "tokens", "steps"]
     shown = curve[curve["task"].isin([*TABLE_TASKS, "average"])]
@@ -137,7 +135,6 @@ def data_size_claims(curve: pd.DataFrame) -> pd.DataFrame:
     """The paper's one statement on Figure 2 (``figure_claims.csv``) beside what our curve shows."""
     import pandas as pd
 
-    from brdlib.report import paper_table
 
     claims = paper_table("figure_claims")
     claim = claims[claims["figure"] == "figure2"].iloc[0]
@@ -162,7 +159,6 @@ def data_size_figure(curve: pd.DataFrame, x: Literal["passages", "tokens"] = "pa
     the average), 95% intervals as error bars; the base student is the point at 0."""
     import matplotlib.pyplot as plt
 
-    from brdlib.evaluate import TABLE_TASKS
 
     tasks = [t for t in [*TABLE_TASKS, "average"] if t in set(curve["task"])]
     cols = min(4, len(tasks))

@@ -20,10 +20,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from brdlib.config import Config
+from brdlib.models import free_memory, load_ref
+from brdlib.report import compare_with_paper, paper_rows, with_average
+from brdlib.scoring import ScoreCache, predict, reading, score_examples, tie_key, tied
 from brdlib.store import artefact_dir
+from brdlib.tasks import gold_label, load_examples, stratified_sample, task_names
 
 if TYPE_CHECKING:
     import pandas as pd
+
+__all__ = [
+    "BIGBENCH_AVG", "TABLE_TASKS", "EvaluateError", "accuracy_table", "bootstrap_ci", "bootstrap_ci_of_task_mean",
+    "caption", "evaluate_model", "evaluate_models", "is_large", "load_predictions", "load_task_examples",
+    "paired_difference", "paper_columns", "predictions_frame", "readings", "results_table", "save_predictions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +61,6 @@ def is_large(cfg: Config, n_params: int) -> bool:
 def load_task_examples(cfg: Config, tasks: Sequence[str], split: str = "test",
                        max_examples: int | None = None) -> dict[str, list[Any]]:
     """Each task's examples of ``split`` (profile-subsampled), cut to ``max_examples`` (a stratified prefix)."""
-    from brdlib.tasks import gold_label, load_examples, stratified_sample
 
     out = {}
     for task in tasks:
@@ -71,7 +80,6 @@ def predictions_frame(role: str, examples: Sequence[Any], scores: Sequence[Seque
     fit the model's positions."""
     import pandas as pd
 
-    from brdlib.scoring import predict, tie_key, tied
 
     rows = []
     for ex, cand in zip(examples, scores, strict=True):
@@ -111,9 +119,6 @@ def evaluate_model(
     import pandas as pd
     import torch
 
-    from brdlib.models import free_memory, load_ref
-    from brdlib.scoring import ScoreCache, reading, score_examples
-    from brdlib.tasks import task_names
 
     role = role or ref
     tasks = list(tasks) if tasks is not None else task_names(cfg)
@@ -299,7 +304,6 @@ def results_table(cfg: Config, accuracy: pd.DataFrame, table: str, *, decimals: 
     """
     import pandas as pd
 
-    from brdlib.report import compare_with_paper, paper_rows, with_average
 
     paper = paper_rows(table, **where)
     tasks = [t for t in dict.fromkeys(paper["task"]) if t != "average"]

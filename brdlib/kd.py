@@ -49,8 +49,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brdlib.assemble import build_rows, index_behaviours, resolve_sep, variant_spec
+from brdlib.corpus import load_passages
+from brdlib.models import free_memory, load_model
 from brdlib.records import KD_KINDS
-from brdlib.store import StoreError, resolve_model
+from brdlib.store import StoreError, is_trained, load_summary, resolve_model, student_dir
+from brdlib.train import (
+    IGNORE_INDEX,
+    brd_trainer_class,
+    check_max_length,
+    distributed_state,
+    packed_blocks,
+    train_model,
+)
+from brdlib.train import load_tokenizer as load
 
 if TYPE_CHECKING:
     import torch
@@ -122,7 +134,6 @@ def kd_loss(
 
 def next_token_mask(labels: torch.Tensor) -> torch.Tensor:
     """Positions 0..L-2 whose next token is real (label not -100): where a next-token distribution is trained."""
-    from brdlib.train import IGNORE_INDEX
 
     return labels[..., 1:] != IGNORE_INDEX
 
@@ -142,7 +153,6 @@ def kd_model_spec(cfg: Config, ref: str, key: str) -> tuple[str, str]:
 
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     """A model's tokenizer without its weights (tiny-random, embedded, directory or hub id)."""
-    from brdlib.train import load_tokenizer as load
 
     return load(spec)
 
@@ -167,8 +177,6 @@ def kd_texts(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     Built from the corpus directly (no teacher behaviours needed, nothing written): the same texts as the ``ori``
     variant's.
     """
-    from brdlib.assemble import build_rows, index_behaviours, resolve_sep, variant_spec
-    from brdlib.corpus import load_passages
 
     passages = load_passages(cfg, progress=False)
     sep = resolve_sep(cfg.passages.sep, tokenizer)
@@ -213,7 +221,6 @@ def kd_fingerprint(cfg: Config, kind: str, teacher_id: str, student_id: str, tex
 
 def plan_kd_student(cfg: Config, kind: str, name: str | None = None) -> KDPlan:
     """Resolve teacher, student, data and fingerprint of a KD student; check the shared vocabulary."""
-    from brdlib.store import student_dir
 
     _check_kind(kind)
     name = name or kind
@@ -229,14 +236,12 @@ def plan_kd_student(cfg: Config, kind: str, name: str | None = None) -> KDPlan:
 
 def is_current(cfg: Config, plan: KDPlan) -> bool:
     """Whether a finished KD student of these inputs exists."""
-    from brdlib.store import is_trained, load_summary
 
     return is_trained(cfg, plan.name) and load_summary(cfg, plan.name).get("fingerprint") == plan.fingerprint
 
 
 def load_teacher(cfg: Config, plan: KDPlan) -> LoadedModel:
     """The frozen KD teacher on the training device, in ``kd.teacher_dtype``."""
-    from brdlib.models import load_model
 
     loaded = load_model(plan.teacher_spec, device=cfg.resolved_device(), dtype=_teacher_dtype(cfg))
     loaded.model.eval()
@@ -263,7 +268,6 @@ def kd_blocks(cfg: Config, plan: KDPlan) -> tuple[Any, Any]:
     epochs), each with its ``index`` (its row in :class:`TeacherLogits`). Both KD kinds train on the same blocks."""
     import datasets
 
-    from brdlib.train import distributed_state, packed_blocks
 
     t = cfg.recipe("kd")
     data_id = "kd-texts:" + hashlib.sha256("\x00".join(plan.texts).encode()).hexdigest()[:16]
@@ -281,8 +285,6 @@ def precompute_teacher_logits(cfg: Config, plan: KDPlan, blocks: Any, progress: 
     import torch
     from tqdm.auto import tqdm
 
-    from brdlib.models import free_memory
-    from brdlib.train import check_max_length
 
     teacher = load_teacher(cfg, plan)
     t = cfg.recipe("kd")
@@ -302,7 +304,6 @@ def precompute_teacher_logits(cfg: Config, plan: KDPlan, blocks: Any, progress: 
 def _make_kd_trainer_class() -> type:
     import torch
 
-    from brdlib.train import brd_trainer_class
 
     class KDTrainer(brd_trainer_class()):
         """brdlib.train's Trainer (tokens/s logging) with the KD loss against a frozen teacher."""
@@ -352,8 +353,6 @@ def train_kd_student(
     its last complete checkpoint. ``teacher`` (``kd.teacher_logits: online``) or ``teacher_logits``
     (``precomputed``): what :func:`ensure_kd_students` made once for both kinds.
     """
-    from brdlib.store import student_dir
-    from brdlib.train import check_max_length, train_model
 
     plan = plan_kd_student(cfg, kind, name)
     t = cfg.recipe("kd")
@@ -397,7 +396,6 @@ def ensure_kd_students(cfg: Config, *, progress: bool = True) -> dict[str, str]:
     """
     if cfg.kd.released:
         return {kind: cfg.kd.released[kind] for kind in KD_KINDS}
-    from brdlib.models import free_memory
 
     teacher: LoadedModel | None = None
     logits: TeacherLogits | None = None

@@ -35,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brdlib.config import load_config
 from brdlib.embedded import ensure_converted
 from brdlib.specs import (
     TINY_ARCH_RE,
@@ -560,7 +561,6 @@ def check_models(cfg: Config, prompt: str, max_new_tokens: int = 20) -> Any:
     """
     import pandas as pd
 
-    from brdlib.config import load_config
 
     paper_roles = load_config("paper").models.roles()
     rows = []

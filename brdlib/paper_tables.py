@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brdlib.config import Config
+from brdlib.report import paper_table
 from brdlib.results import TEST_ORDER, load_results
 
 if TYPE_CHECKING:
     import pandas as pd
+
+__all__ = [
+    "ARTEFACTS", "COMPARISONS", "TABLE3_BLOCKS", "Artefact", "Comparison", "agreement_summary", "artefact_agreement",
+    "artefact_index", "claim_checks", "combined_table", "load_ours", "ours_by_block", "setup_difference",
+    "table3_averages", "table3_figure",
+]
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,6 @@ def claim_checks(cfg: Config) -> pd.DataFrame:
     """For each paper comparison: the paper's a − b, ours, and whether the direction agrees (blank if not run)."""
     import pandas as pd
 
-    from brdlib.report import paper_table
 
     by_ref = {a.reference: a for a in ARTEFACTS if a.kind == "table"}
     rows = []
@@ -202,7 +208,6 @@ def _table3_average_cells(cfg: Config) -> pd.DataFrame:
     """Table 3's Average column, long: setting, role, value, source (``ours (<profile>)`` or ``paper``)."""
     import pandas as pd
 
-    from brdlib.report import paper_table
 
     art = next(a for a in ARTEFACTS if a.reference == "table3")
     ours = ours_by_block(cfg, art)  # each block's own rows, reference rows included
@@ -215,7 +220,6 @@ def _table3_average_cells(cfg: Config) -> pd.DataFrame:
 
 def table3_averages(cfg: Config) -> pd.DataFrame:
     """Table 3's Average per test and row: the paper's model name, ours, the paper's and ours − paper."""
-    from brdlib.report import paper_table
 
     cells = _table3_average_cells(cfg)
     wide = cells.pivot_table(index=["setting", "role"], columns="source", values="value", sort=False).reset_index()
@@ -281,7 +285,6 @@ def artefact_agreement(cfg: Config) -> pd.DataFrame:
     comparisons point the same way here."""
     import pandas as pd
 
-    from brdlib.report import paper_table
 
     checks = claim_checks(cfg)
     rows = []

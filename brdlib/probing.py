@@ -24,7 +24,9 @@ import numpy as np
 
 from brdlib.blind import BLIND_ROLES
 from brdlib.config import Config
-from brdlib.models import model_label
+from brdlib.models import free_memory, load_ref, model_label
+from brdlib.scoring import encode_text, reading
+from brdlib.tasks import TABLE9_TASKS, gold_label, load_examples, stratified_sample
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,7 +56,6 @@ def mean_pooled_states(model: Any, tokenizer: Any, texts: Sequence[str], batch_s
     import torch
     from tqdm.auto import tqdm
 
-    from brdlib.scoring import encode_text, reading
 
     read = reading(model, tokenizer, special_tokens, max_length)
     encoded = [encode_text(tokenizer, t, read) for t in texts]
@@ -119,7 +120,6 @@ def probe_layer(train: tuple[np.ndarray, np.ndarray], tune: tuple[np.ndarray, np
 
 def probing_tasks(cfg: Config) -> list[str]:
     """The profile's tasks probed: those with one fixed candidate set (the Table 9 tasks; BIG-bench tasks vary)."""
-    from brdlib.tasks import TABLE9_TASKS
 
     wanted = cfg.analysis.probing_tasks
     if wanted is not None:
@@ -165,7 +165,6 @@ def probing_data(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, d
     """Per task, its train (capped at ``analysis.probing_max_train``), tune and test examples (capped at
     ``analysis.probing_max_eval``), label-stratified and seeded. :func:`probe_models` refuses sets whose hidden
     states exceed ``analysis.probing_max_feature_gb`` (:func:`check_probe_memory`)."""
-    from brdlib.tasks import gold_label, load_examples, stratified_sample
 
     a, seed = cfg.analysis, cfg.data.split_seed
     out = {}
@@ -183,7 +182,6 @@ def probe_models(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tasks: Seq
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from brdlib.models import free_memory, load_ref
 
     data = probing_data(cfg, tasks)
     rows = []

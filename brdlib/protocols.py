@@ -60,8 +60,34 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brdlib.records import Passage
-from brdlib.store import artefact_dir
+from brdlib import bigbench
+from brdlib import teacher as T
+from brdlib.assemble import (
+    assemble_all,
+    assemble_variant,
+    encode_passages,
+    load_variant,
+    save_variant,
+    student_tokenizer,
+    token_stats,
+)
+from brdlib.backends import make_backend
+from brdlib.corpus import split_sentences
+from brdlib.evaluate import accuracy_table, evaluate_model, load_task_examples, results_table
+from brdlib.records import Passage, TeacherItem
+from brdlib.store import (
+    SUMMARY_FILE,
+    artefact_dir,
+    checkpoints_dir,
+    is_trained,
+    load_card,
+    load_summary,
+    passages_dir,
+    student_dir,
+)
+from brdlib.tasks import TABLE9_TASKS, parse_task, reduced_bigbench_tasks, split_info
+from brdlib.teacher import teacher_output_dir
+from brdlib.train import train_student
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -146,7 +172,6 @@ class ProtocolError(ValueError):
 
 def _bigbench_available(cfg: Config, names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(available, missing) BIG-bench task names (``bigbench:<task>``) in the profile's BIG-bench source."""
-    from brdlib import bigbench
 
     if cfg.data.source == "hub" and cfg.data.bigbench_dir is None:
         return list(names), []  # the sdist is fetched on first use and holds every task
@@ -163,7 +188,6 @@ def protocol_tasks(cfg: Config) -> list[str]:
     BIG-bench tasks that the profile's BIG-bench source lacks (the tiny fixture has two of the five) are left out
     with a warning.
     """
-    from brdlib.tasks import TABLE9_TASKS, parse_task, reduced_bigbench_tasks
 
     reduced = reduced_bigbench_tasks()
     if cfg.protocols.relaxed_tasks is not None:
@@ -198,7 +222,6 @@ def _all(n: int | None) -> int:
 def train_inputs(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, list[Example]]:
     """Each task's training examples: ``load_examples(cfg, task, "train")`` cut to ``protocols.task_train_examples``
     (stratified by gold answer, seeded with ``data.split_seed``). The protocols use only their inputs, except SFT."""
-    from brdlib.evaluate import load_task_examples
 
     tasks = list(tasks) if tasks is not None else protocol_tasks(cfg)
     return load_task_examples(cfg, tasks, "train", cfg.protocols.task_train_examples)
@@ -208,8 +231,6 @@ def protocol_data_table(cfg: Config, tasks: Sequence[str]) -> pd.DataFrame:
     """Per task: training inputs, tune and held-out examples used (and in full), and how the splits were made."""
     import pandas as pd
 
-    from brdlib.evaluate import load_task_examples
-    from brdlib.tasks import split_info
 
     p = cfg.protocols
     rows = []
@@ -238,7 +259,6 @@ def pseudo_labels(cfg: Config, inputs: Mapping[str, Sequence[Example]], teacher:
     answer (reported only, never trained on). Scores are cached, so a re-run scores nothing; the frame is also
     written to ``protocols/pseudo_labels.parquet``.
     """
-    from brdlib.evaluate import evaluate_model
 
     tasks = list(inputs)
     n = cfg.protocols.task_train_examples
@@ -262,7 +282,6 @@ def pseudo_labels(cfg: Config, inputs: Mapping[str, Sequence[Example]], teacher:
 def pseudo_label_table(cfg: Config, pseudo: pd.DataFrame) -> pd.DataFrame:
     """Per task: how often the teacher's pseudo-answer is the gold answer (%, 95% bootstrap interval, n), and
     the share of its most frequent pseudo-answer (a teacher that always says 'Yes' shows here)."""
-    from brdlib.evaluate import accuracy_table
 
     acc = accuracy_table(cfg, pseudo.assign(role="teacher"))
     top = pseudo.groupby("task", sort=False)["pseudo_answer"].agg(
@@ -310,8 +329,6 @@ def save_rows(cfg: Config, name: str, rows: Sequence[dict[str, Any]], descriptio
     """Save training rows (``text``, ``kind``, ``passage_id``, ``doc_id``, ...) as a dataset that
     :func:`brdlib.train.train_student` loads by ``name``: the format and card of :mod:`brdlib.assemble`'s variants
     (``data/<profile>/passages/<name>``). Rows are shuffled with ``cfg.seed``; an unchanged dataset is reused."""
-    from brdlib.assemble import encode_passages, save_variant, student_tokenizer, token_stats
-    from brdlib.store import passages_dir
 
     if not rows:
         raise ProtocolError(f"dataset {name!r} has no rows: nothing to train on")
@@ -366,7 +383,6 @@ class InputPassage(Passage):
 def input_passage(example: Example) -> InputPassage:
     """The passage of one task input: each line of ``Example.text`` (one field: premise, hypothesis, ...) split
     into sentences with the corpus splitter (:func:`brdlib.corpus.split_sentences`, pySBD), fields in order."""
-    from brdlib.corpus import split_sentences
 
     sentences: list[str] = []
     fields: list[int] = []
@@ -404,7 +420,6 @@ def annotated_indices(fields: Sequence[int], cap: int | None) -> list[int]:
 
 def teacher_items(passages: Sequence[InputPassage], cap: int | None) -> list[TeacherItem]:
     """The sentences the teacher annotates (:func:`annotated_indices` of each passage) as teacher items."""
-    from brdlib.records import TeacherItem
 
     return [TeacherItem(p.passage_id, i, p.sentences[i]) for p in passages for i in annotated_indices(p.fields, cap)]
 
@@ -412,7 +427,6 @@ def teacher_items(passages: Sequence[InputPassage], cap: int | None) -> list[Tea
 def task_teacher_dir(cfg: Config, teacher_role: str = "teacher") -> Path:
     """Teacher records on task inputs: ``protocols/teacher/<the corpus records' folder name>``, apart from the
     corpus records (same model and decoding, so the same folder name)."""
-    from brdlib.teacher import teacher_output_dir
 
     return artefact_dir(cfg, "protocols") / "teacher" / teacher_output_dir(cfg, teacher_role).name
 
@@ -424,14 +438,12 @@ def annotate_inputs(cfg: Config, items: Sequence[TeacherItem], teacher_role: str
     :func:`brdlib.teacher.generate_behaviours` does the work (resumable, one record per sentence and behaviour);
     the model is loaded only when something is missing.
     """
-    from brdlib import teacher as T
 
     params = {b: T.decoding_params(cfg, b) for b in cfg.teacher.behaviours}
     out = task_teacher_dir(cfg, teacher_role)
     model = cfg.models.roles()[teacher_role]
     if T._all_done(items, out, model, params, "0/1"):  # noqa: SLF001 - the teacher stage's own completeness check
         return T._stats_from_disk(items, out, model, params, "0/1", progress)  # noqa: SLF001
-    from brdlib.backends import make_backend
 
     backend = make_backend(cfg, teacher_role)
     try:
@@ -442,7 +454,6 @@ def annotate_inputs(cfg: Config, items: Sequence[TeacherItem], teacher_role: str
 
 def input_records(cfg: Config, items: Sequence[TeacherItem], teacher_role: str = "teacher") -> list[BehaviourRecord]:
     """The teacher records of exactly ``items`` (records of other inputs in the folder are ignored)."""
-    from brdlib import teacher as T
 
     out = task_teacher_dir(cfg, teacher_role)
     model = cfg.models.roles()[teacher_role]
@@ -469,8 +480,6 @@ def assemble_brd2(cfg: Config, passages: Sequence[InputPassage], records: Sequen
                   teacher_role: str = "teacher") -> dict[str, dict[str, Any]]:
     """The three BRD² datasets (:data:`BRD2_VARIANTS`) of task-input passages and their teacher records, built by
     :func:`brdlib.assemble.assemble_variant` as for the corpus; their cards by name."""
-    from brdlib.assemble import assemble_variant, student_tokenizer
-    from brdlib.store import load_card
 
     tokenizer = student_tokenizer(cfg)
     cards = {}
@@ -484,7 +493,6 @@ def assemble_brd2(cfg: Config, passages: Sequence[InputPassage], records: Sequen
 def build_relaxed_data(cfg: Config, inputs: Mapping[str, Sequence[Example]], pseudo: pd.DataFrame,
                        progress: bool = True) -> dict[str, dict[str, Any]]:
     """Every dataset of notebook 05: TaskDistillation texts and the three BRD² variants; their cards by name."""
-    from brdlib.store import load_card
 
     save_rows(cfg, TASK_DISTILLATION_DATA, task_distillation_rows(inputs, pseudo),
               "TaskDistillation: each training input's prompt with the teacher's pseudo-answer")
@@ -495,8 +503,6 @@ def build_relaxed_data(cfg: Config, inputs: Mapping[str, Sequence[Example]], pse
 def build_supervised_data(cfg: Config, inputs: Mapping[str, Sequence[Example]],
                           progress: bool = True) -> dict[str, dict[str, Any]]:
     """Every dataset of notebook 06: SFT texts (gold answers) and BRD²-SFT (BRD² passages mixed with them)."""
-    from brdlib.assemble import load_variant
-    from brdlib.store import load_card
 
     sft = sft_rows(inputs)
     save_rows(cfg, SFT_DATA, sft, "SFT: each training input's prompt with its gold answer")
@@ -527,7 +533,6 @@ def example_table(cfg: Config, names: Sequence[str], max_chars: int = 400) -> pd
     """One training text of each kind of each saved dataset (the first in its saved order), cut to ``max_chars``."""
     import pandas as pd
 
-    from brdlib.assemble import load_variant
 
     rows = []
     for name in names:
@@ -553,8 +558,6 @@ def training_recipe(cfg: Config) -> TrainRecipe:
 
 def ensure_brd_student(cfg: Config, progress: bool = True) -> Path:
     """The ``brd`` student of notebook 03 (BRD² and BRD²-SFT start from it), trained exactly as there if missing."""
-    from brdlib.assemble import assemble_all
-    from brdlib.train import train_student
 
     assemble_all(cfg, ["brd"])
     return train_student(cfg, "brd", "brd", progress=progress)
@@ -599,7 +602,6 @@ _CHECKPOINT_SKIP = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.
 
 def _checkpoint_student(cfg: Config, name: str, step: int, ckpt: Path, final_summary: dict[str, Any]) -> str:
     """Keep checkpoint ``ckpt`` (weights and tokenizer, no optimizer) as the student ``<name>.step<step>``."""
-    from brdlib.store import SUMMARY_FILE, is_trained, load_summary, student_dir
 
     cand = f"{name}.step{step}"
     fp = f"{final_summary['fingerprint']}@{step}"
@@ -626,7 +628,6 @@ def _checkpoint_student(cfg: Config, name: str, step: int, ckpt: Path, final_sum
 
 def tune_score(cfg: Config, model: str, role: str, tasks: Sequence[str], progress: bool = True) -> float:
     """Mean over ``tasks`` of the per-task accuracy (%) on the tune split (``protocols.tune_max_examples`` each)."""
-    from brdlib.evaluate import accuracy_table, evaluate_model
 
     frame = evaluate_model(cfg, model, role, tasks, TUNE_SPLIT, max_examples=_all(cfg.protocols.tune_max_examples),
                            progress=progress)
@@ -638,8 +639,6 @@ def train_selected(cfg: Config, name: str, plan: StudentPlan, tasks: Sequence[st
                    progress: bool = True) -> Selection:
     """Train (or reuse) student ``name`` as ``plan`` says, with :func:`training_recipe`'s checkpoints, score every
     candidate on the tune split, keep the best (:func:`select_checkpoint`); the selection is saved and reused."""
-    from brdlib.store import checkpoints_dir, load_summary, student_dir
-    from brdlib.train import train_student
 
     recipe = training_recipe(cfg)
     train_student(cfg, plan.data, name, plan.init, recipe=recipe, progress=progress)
@@ -754,7 +753,6 @@ def table4_block(cfg: Config, accuracy: pd.DataFrame, selections: Mapping[str, S
     """Table 4's XGLM-564M block beside the paper's: :data:`TABLE4_ROLES`, each row the student of that role
     (``task_distillation_brd``: the TaskDistillation student further trained on the BRD² data, §5.1), with the
     chosen step beside it."""
-    from brdlib.evaluate import results_table
 
     missing = [r for r in TABLE4_ROLES if r not in set(accuracy["role"])]
     if missing:

@@ -31,10 +31,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from brdlib.report import paper_rows, with_average
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from brdlib.config import Config
+
+__all__ = [
+    "COUNT_COLUMNS", "METRICS", "NUMBER_COLUMNS", "RESULT_COLUMNS", "TEST_ORDER", "TEXT_COLUMNS", "ResultsError",
+    "accuracy_results", "all_accuracies", "check_results", "cross_entropy_results", "data_size_results",
+    "load_results", "paired_results", "probing_results", "results_dir", "save_results", "tidy",
+]
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "notebook", "artefact", "test", "block", "role", "baseline", "task", "metric", "value", "ci_low", "ci_high",
@@ -161,7 +169,6 @@ def accuracy_results(accuracy: pd.DataFrame, artefact: str, test: str, *, roles:
     :func:`brdlib.evaluate.results_table` shows: ``roles`` (default all), the tasks of the paper's ``artefact``
     (rows picked by ``where``, e.g. ``setting="blind"``, or ``block``), and per role the ``average`` over them
     (NaN when the role lacks one, as the display leaves it empty)."""
-    from brdlib.report import paper_rows, with_average
 
     if block:
         where = {**where, "block": block}

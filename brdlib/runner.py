@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from brdlib.config import REPO_ROOT, load_config
+from brdlib.models import embedded_dtypes
+
+__all__ = [
+    "NOTEBOOK_DIR", "OUTPUT_SUFFIXES", "STAGES_FILE", "NotebookResult", "PeakMemory", "cell_at", "execute",
+    "prepare_models", "produced_files", "run", "select", "stage_notebooks", "write_summary",
+]
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 STAGES_FILE = NOTEBOOK_DIR / "stages.txt"
@@ -228,7 +234,6 @@ def prepare_models(cfg: Any) -> dict | None:
     the profile uses no embedded model."""
     import subprocess
 
-    from brdlib.models import embedded_dtypes
 
     wanted = embedded_dtypes(cfg)
     if not wanted:

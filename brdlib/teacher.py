@@ -33,9 +33,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brdlib.backends import Backend, DecodingParams, Generation
+from brdlib.backends import Backend, DecodingParams, Generation, make_backend
 from brdlib.corpus import load_passages
-from brdlib.prompts import PromptTemplate, clean_response, get_template, normalize_input
+from brdlib.prompts import (
+    DROP_REASONS,
+    PAPER_INPUT,
+    PAPER_RESPONSES,
+    PromptTemplate,
+    clean_response,
+    get_template,
+    normalize_input,
+)
 from brdlib.records import BEHAVIOURS, BehaviourRecord, Passage, TeacherItem, parse_shard
 from brdlib.store import artefact_dir, register_builder
 
@@ -548,7 +556,6 @@ def run_teacher(
         return _stats_from_disk(items, out, cfg.models.roles()[teacher_role], params, shard, progress)
     own = backend is None
     if backend is None:
-        from brdlib.backends import make_backend
 
         backend = make_backend(cfg, teacher_role)
     try:
@@ -624,7 +631,6 @@ def drop_table(records: Sequence[BehaviourRecord]) -> pd.DataFrame:
     """Counts per behaviour: records, kept, and dropped by reason (with shares)."""
     import pandas as pd
 
-    from brdlib.prompts import DROP_REASONS
 
     rows = []
     for b in sorted({r.behaviour for r in records}, key=lambda x: (BEHAVIOURS + (x,)).index(x)):
@@ -648,7 +654,6 @@ def sample_table(records: Sequence[BehaviourRecord], n: int = 3, seed: int = 0, 
 
     import pandas as pd
 
-    from brdlib.prompts import PAPER_INPUT, PAPER_RESPONSES
 
     rows = []
     for b in BEHAVIOURS:
@@ -672,7 +677,6 @@ def outcome_figure(records: Sequence[BehaviourRecord], title: str = "") -> Any:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from brdlib.prompts import PAPER_RESPONSES
 
     table = drop_table(records)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))

@@ -66,8 +66,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brdlib.assemble import encode_passages
-from brdlib.models import max_positions, mmap_threshold
+from brdlib.assemble import encode_passages, load_variant
+from brdlib.config import load_config
+from brdlib.embedded import tokenizer_dir
+from brdlib.models import (
+    free_memory,
+    load_model,
+    max_positions,
+    mmap_threshold,
+    pretrained_tokenizer,
+    resolve_spec,
+    tiny_tokenizer,
+)
 from brdlib.store import (
     SUMMARY_FILE,
     artefact_dir,
@@ -217,13 +227,11 @@ PACK_STATS_FILE = "packing.json"
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     """A model's tokenizer without its weights (tiny-random, embedded, directory or hub id), with the pad token
     :func:`brdlib.models.load_model` gives it (eos when it has none), so both hash alike."""
-    from brdlib.models import pretrained_tokenizer, resolve_spec, tiny_tokenizer
 
     resolved = resolve_spec(spec)
     if resolved.kind == "tiny-random":
         return tiny_tokenizer()
     if resolved.kind == "embedded":
-        from brdlib.embedded import tokenizer_dir
 
         return pretrained_tokenizer(str(tokenizer_dir(resolved.source)))
     return pretrained_tokenizer(resolved.source)  # the pad token set as load_model sets it
@@ -701,7 +709,6 @@ def peak_memory_mb(device: str) -> tuple[float, str]:
 
 def _pack_variant_blocks(cfg: Config, t: TrainRecipe, variant: str, card: dict[str, Any],
                          tokenizer: PreTrainedTokenizerBase) -> tuple[datasets.Dataset, PackingStats, Path]:
-    from brdlib.assemble import load_variant
 
     return packed_blocks(cfg, f"variant:{variant}:{card['fingerprint']}", lambda: load_variant(cfg, variant),
                          tokenizer, t.max_length, t.pack_batch_passages)
@@ -847,7 +854,6 @@ def train_model(
     import torch
     from transformers import default_data_collator
 
-    from brdlib.models import free_memory, load_model
 
     t = resolve_recipe(cfg, recipe)
     state = distributed_state(cfg)
@@ -957,7 +963,6 @@ def settings_table(cfg: Config) -> pd.DataFrame:
     """The profile's training settings beside the paper's (A.1; the steps of recipes brd and further, §4)."""
     import pandas as pd
 
-    from brdlib.config import load_config
 
     paper, ours = load_config("paper"), cfg
     rows = [(label, get(paper), get(ours)) for label, get in [

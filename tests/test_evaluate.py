@@ -225,7 +225,7 @@ def test_blind_models_and_kd_roles_are_checked(cfg, monkeypatch):
     assert blind.blind_models(smoke)["second_teacher"] == "second_teacher"
     paper = load_config("paper")
     assert {"second_teacher", "large_baseline"} <= set(blind.blind_models(paper))
-    monkeypatch.setattr("brdlib.kd.ensure_kd_students", lambda cfg_: {"skd": "a"})  # a role missing
+    monkeypatch.setattr("brdlib.blind.ensure_kd_students", lambda cfg_: {"skd": "a"})  # a role missing
     with pytest.raises(blind.BlindError, match="expected the roles"):
         blind.kd_students(cfg)
 
@@ -237,7 +237,7 @@ def test_evaluate_blind_scores_bigbench_only_for_table3_rows(cfg, monkeypatch):
         calls.append((dict(models), tasks))
         return pd.DataFrame([{"role": r, "task": t} for r in models for t in (tasks or ["all"])])
 
-    monkeypatch.setattr("brdlib.evaluate.evaluate_models", fake)
+    monkeypatch.setattr("brdlib.blind.evaluate_models", fake)
     frame = blind.evaluate_blind(cfg, {"brd": "brd", "teacher": "teacher", "second_teacher": "x",
                                        "brd_sentence_level": "brd_sentence_level"})
     main = blind.main_tasks(cfg)

@@ -33,14 +33,10 @@ def test_paper_second_teacher_annotates_one_million_sentences(monkeypatch):
         annotated[role] = sum(len(p.sentences) for p in passages)
         return []
 
-    import brdlib.assemble
-    import brdlib.corpus
-    import brdlib.train
-
-    monkeypatch.setattr(brdlib.corpus, "load_passages", corpus)
-    monkeypatch.setattr(brdlib.assemble, "teacher_behaviours", behaviours)
-    monkeypatch.setattr(brdlib.assemble, "assemble_variant", lambda *a, **k: None)
-    monkeypatch.setattr(brdlib.train, "train_student", lambda *a, **k: None)
+    monkeypatch.setattr(blind, "load_passages", corpus)  # the names blind calls them by
+    monkeypatch.setattr(blind, "teacher_behaviours", behaviours)
+    monkeypatch.setattr(blind, "assemble_variant", lambda *a, **k: None)
+    monkeypatch.setattr(blind, "train_student", lambda *a, **k: None)
     students = blind.train_two_teacher_students(cfg, progress=False)
     assert students == {"teacher": "brd_subset_teacher", "second_teacher": "brd_subset_second_teacher"}
     assert annotated == {"teacher": 1_000_000, "second_teacher": 1_000_000}  # not the corpus' 5,000,000

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from brdlib import backends as backends_mod
+from brdlib import teacher as teacher_mod
 from brdlib.backends import (
     DecodingParams,
     LlamaCppBackend,
@@ -465,7 +466,7 @@ def test_run_teacher_on_a_profile_then_load_behaviours(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a finished run must not load the model")
 
-    monkeypatch.setattr(backends_mod, "make_backend", no_model)
+    monkeypatch.setattr(teacher_mod, "make_backend", no_model)
     again = run_teacher(cfg, passages, progress=False)
     assert again.sentences_generated == 0 and again.behaviours["ner"].reused == len(records) // 2
 
