@@ -27,7 +27,7 @@ import yaml
 from brdlib import assemble as assemble_stage
 from brdlib import bigbench as bigbench_resource
 from brdlib import embedded, kd, runner, train
-from brdlib.config import RECIPES, ConfigError, available_profiles, load_config
+from brdlib.config import RECIPES, Config, ConfigError, available_profiles, load_config
 from brdlib.records import KD_KINDS
 from brdlib.report import MEASURED_COLUMNS, compare_tables
 from brdlib.specs import EMBEDDED_MODELS, embedded_name
@@ -44,9 +44,21 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
-def _profile_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+def _stage_parser(prog: str, module: object, example: str) -> argparse.ArgumentParser:
+    """A command on one profile: ``PROFILE [key=value ...]`` and what the caller adds."""
+    parser = argparse.ArgumentParser(prog=prog, description=(module.__doc__ or "").split("\n\n")[0])
     parser.add_argument("profile", help="profile name or path")
     parser.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+    return parser
+
+
+def _on_profile(args: argparse.Namespace, action: Callable[[Config], int]) -> int:
+    """Load the profile of ``args`` and run ``action`` on it; bad input of either is one ``error:`` line, exit 2."""
+    _logging()
+    try:
+        return action(load_config(args.profile, args.overrides))
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        return _error(err)
 
 
 def _error(err: Exception) -> int:
@@ -146,28 +158,25 @@ def models_main(argv: Sequence[str] | None = None) -> int:
 
 def assemble_main(argv: Sequence[str] | None = None) -> int:
     """``brd assemble PROFILE [key=value ...] [--variants brd ori ...] [--generate-missing]``"""
-    parser = argparse.ArgumentParser(prog="brd assemble", description=assemble_stage.__doc__.split("\n\n")[0])
-    _profile_arguments(parser, "passages.sep=eos")
+    parser = _stage_parser("brd assemble", assemble_stage, "passages.sep=eos")
     parser.add_argument("--variants", nargs="+", help="variants to assemble (default: all)")
     parser.add_argument("--generate-missing", action="store_true",
                         help="run the teacher on sentences it has not read yet (default: fail if any are missing)")
     args = parser.parse_args(argv)
-    _logging()
-    try:
-        cfg = load_config(args.profile, args.overrides)
+
+    def assemble(cfg: Config) -> int:
         cards = assemble_stage.assemble_all(cfg, args.variants, generate_missing=args.generate_missing)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        return _error(err)
-    print(assemble_stage.cards_table(cards).to_string(index=False))
-    return 0
+        print(assemble_stage.cards_table(cards).to_string(index=False))
+        return 0
+
+    return _on_profile(args, assemble)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``brd train PROFILE [key=value ...] --variant brd --name brd [--init SPEC] [--recipe R] [--max-steps N]``;
     with ``--pack-only``, only pack the variant into the cache the training reads (run it before accelerate launch:
     ``accelerate launch --config_file ... -m brdlib.cli train PROFILE ...``)."""
-    parser = argparse.ArgumentParser(prog="brd train", description=train.__doc__.split("\n\n")[0])
-    _profile_arguments(parser, "recipes.brd.max_steps=10")
+    parser = _stage_parser("brd train", train, "recipes.brd.max_steps=10")
     parser.add_argument("--variant", default="brd", help="passage variant to train on (default: brd)")
     parser.add_argument("--name", help="student name (default: the variant's; 'further' for ori)")
     parser.add_argument("--init", help="model spec, directory or trained student to start from")
@@ -178,10 +187,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pack-only", action="store_true",
                         help="tokenise and pack the variant into the cache the training reads, then stop")
     args = parser.parse_args(argv)
-    _logging()
-    try:
-        cfg = load_config(args.profile, args.overrides)
-        recipe = args.recipe or ("further" if args.variant == "ori" else "brd")
+    recipe = args.recipe or ("further" if args.variant == "ori" else "brd")
+
+    def pack_or_train(cfg: Config) -> int:
         if args.pack_only:
             folder, stats = train.pack_variant(cfg, args.variant, args.init, recipe)
             print(f"variant {args.variant!r}: {stats.blocks} blocks of {stats.block_size} tokens "
@@ -190,33 +198,30 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         name = args.name or ("further" if args.variant == "ori" else args.variant)
         path = train.train_student(cfg, args.variant, name, args.init, recipe=recipe, max_steps=args.max_steps,
                                    force=args.force)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        return _error(err)
-    print(f"student {name!r} saved to {path}")
-    return 0
+        print(f"student {name!r} saved to {path}")
+        return 0
+
+    return _on_profile(args, pack_or_train)
 
 
 def kd_main(argv: Sequence[str] | None = None) -> int:
     """``brd kd PROFILE [key=value ...] [--kind skd|minillm] [--force]``: train the KD baselines."""
-    parser = argparse.ArgumentParser(prog="brd kd", description=kd.__doc__.split("\n\n")[0])
-    _profile_arguments(parser, "recipes.kd.max_steps=10")
+    parser = _stage_parser("brd kd", kd, "recipes.kd.max_steps=10")
     parser.add_argument("--kind", choices=list(KD_KINDS), help="one kind (default: both, via ensure_kd_students)")
     parser.add_argument("--force", action="store_true", help="retrain even if a finished student exists")
     args = parser.parse_args(argv)
-    _logging()
-    try:
-        cfg = load_config(args.profile, args.overrides)
+
+    def distil(cfg: Config) -> int:
         if args.kind:
             refs = {args.kind: str(kd.train_kd_student(cfg, args.kind, force=args.force))}
         else:
             for kind in KD_KINDS if args.force else ():
                 kd.train_kd_student(cfg, kind, force=True)
             refs = kd.ensure_kd_students(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        return _error(err)
-    for kind, ref in refs.items():
-        print(f"{kind}: {ref}")
-    return 0
+        print("\n".join(f"{kind}: {ref}" for kind, ref in refs.items()))
+        return 0
+
+    return _on_profile(args, distil)
 
 
 def bigbench_main(argv: Sequence[str] | None = None) -> int:
