@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,21 +165,32 @@ def test_every_module_declares_its_exports_and_they_exist() -> None:
     assert sorted(brdlib.__all__) == sorted(FLOORS)
 
 
-def _notebook_imports() -> list[tuple[str, str, str]]:
+def _notebook_trees() -> list[tuple[str, ast.Module]]:
     out = []
     for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
         for cell in json.loads(nb.read_text())["cells"]:
-            if cell["cell_type"] != "code":
-                continue
-            source = "".join(cell["source"])
-            try:
-                tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith("%")))
-            except SyntaxError:
-                continue
-            out += [(nb.name, node.module.split(".")[1], a.name) for node in ast.walk(tree)
-                    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("brdlib.")
-                    for a in node.names]
+            if cell["cell_type"] == "code":
+                source = "".join(cell["source"])
+                lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+                out.append((nb.name, ast.parse("\n".join(lines))))
     return out
+
+
+def _notebook_imports() -> list[tuple[str, str, str]]:
+    """(notebook, module, name) of every ``from brdlib.module import name`` and every ``module.name`` used after
+    ``from brdlib import module``."""
+    out, modules = [], {}
+    for nb, tree in _notebook_trees():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("brdlib."):
+                out += [(nb, node.module.split(".")[1], a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module == "brdlib":
+                modules.update({(nb, a.asname or a.name): a.name for a in node.names})
+    for nb, tree in _notebook_trees():
+        out += [(nb, modules[(nb, node.value.id)], node.attr) for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and (nb, node.value.id) in modules]
+    return sorted(set(out))
 
 
 @pytest.mark.parametrize("notebook, module, name", _notebook_imports())
@@ -188,3 +201,20 @@ def test_what_notebooks_use_is_exported(notebook: str, module: str, name: str) -
 
 def test_notebooks_import_something() -> None:
     assert len(_notebook_imports()) > 20
+
+
+def _pyflakes(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "F", *map(str, paths)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_notebooks_use_no_undefined_or_unused_name(tmp_path: Path) -> None:
+    """A notebook cell naming a module it never imported (``analysis.probing_tasks`` after the split) fails here,
+    without executing the notebook (pyflakes' checks, through ruff, which reads notebooks)."""
+    result = _pyflakes(NOTEBOOKS)
+    assert result.returncode == 0, result.stdout[-3000:]
+    broken = tmp_path / "broken.ipynb"
+    cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+            "source": ["print(analysis.probing_tasks(cfg))\n"]}
+    broken.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert "F821" in _pyflakes(broken).stdout
