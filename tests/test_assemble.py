@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 
 import pytest
 
+from brdlib import records
 from brdlib.assemble import (
     VARIANTS,
     AssembleError,
@@ -32,29 +32,21 @@ from brdlib.store import StoreError, load_card, passages_dir
 SEP = " <sep> "
 
 
-# Fixtures with the shapes of brdlib.corpus.Passage and brdlib.teacher.BehaviourRecord -----------------------
+# Fixtures: brdlib.records' own types, with the source and drop reason defaulted ---------------------------------
 
 
-@dataclass(frozen=True)
-class Passage:
-    passage_id: str
-    doc_id: str
-    sentences: tuple[str, ...]
-    source: str = "fixture"
+def Passage(passage_id: str, doc_id: str, sentences: tuple[str, ...],  # noqa: N802
+            source: str = "fixture") -> records.Passage:
+    return records.Passage(passage_id, doc_id, sentences, source)
 
 
-@dataclass(frozen=True)
-class BehaviourRecord:
-    key: str
-    behaviour: str
-    passage_id: str
-    sentence_index: int
-    sentence: str
-    response: str
-    drop_reason: str | None = None
+def BehaviourRecord(key: str, behaviour: str, passage_id: str, sentence_index: int, sentence: str,  # noqa: N802
+                    response: str, drop_reason: str | None = None) -> records.BehaviourRecord:
+    return records.BehaviourRecord(key, behaviour, passage_id, sentence_index, sentence, response, drop_reason)
 
 
-def rec(p: Passage, i: int, behaviour: str, response: str, drop_reason: str | None = None) -> BehaviourRecord:
+def rec(p: records.Passage, i: int, behaviour: str, response: str,
+        drop_reason: str | None = None) -> records.BehaviourRecord:
     return BehaviourRecord(f"{p.passage_id}/{i}/{behaviour}", behaviour, p.passage_id, i, p.sentences[i],
                            "" if drop_reason else response, drop_reason)
 

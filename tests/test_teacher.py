@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from brdlib.backends import (
 )
 from brdlib.config import load_config
 from brdlib.prompts import NER_TEMPLATE, QRA_TEMPLATE, TEMPLATES
-from brdlib.records import BEHAVIOURS, BehaviourRecord, TeacherItem, parse_shard
+from brdlib.records import BEHAVIOURS, BehaviourRecord, Passage, TeacherItem, parse_shard
 from brdlib.teacher import (
     drop_table,
     generate_behaviours,
@@ -62,24 +61,14 @@ SENTENCES = [
 ]
 
 
-@dataclass(frozen=True)
-class FakePassage:
-    """Shaped like brdlib.corpus.Passage (passage_id, doc_id, sentences, source)."""
-
-    passage_id: str
-    doc_id: str
-    sentences: tuple[str, ...]
-    source: str = "fixture"
-
-
-def make_passages(n: int = 7, per: int = 3) -> list[FakePassage]:
+def make_passages(n: int = 7, per: int = 3) -> list[Passage]:
     """n passages of per sentences from SENTENCES; passage 6 repeats passage 0's first sentence."""
     out = []
     for p in range(n):
         sents = tuple(SENTENCES[(p * per + i) % len(SENTENCES)] for i in range(per))
         if p == 6:
             sents = (SENTENCES[0],) + sents[1:]
-        out.append(FakePassage(f"doc{p}-p0", f"doc{p}", sents))
+        out.append(Passage(f"doc{p}-p0", f"doc{p}", sents, "fixture"))
     return out
 
 
