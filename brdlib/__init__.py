@@ -3,10 +3,11 @@
 One module per job, on floors that import only downward (README "Layout"; ``tests/test_structure.py`` checks it):
 
 0. records and config: ``records`` (the record types, KD kinds, shard parsing), ``specs`` (model specs, the
-   embedded-model registry), ``prompts`` (the paper's templates, verbatim), ``config`` (the typed profile);
+   embedded-model registry), ``config`` (the typed profile);
 1. store: ``store`` (every path under ``data/<profile>/``, atomic writes, ``resolve_model``, ``ensure``),
    ``report`` (tables, figures, the paper's numbers), ``results`` (tidy long-form results);
-2. resources: ``embedded``, ``models``, ``corpus``, ``tasks``, ``bigbench``, ``backends``;
+2. resources: ``embedded``, ``models``, ``corpus``, ``tasks``, ``bigbench``, ``prompts`` (the paper's templates,
+   verbatim), ``backends``;
 3. stages: ``teacher``, ``assemble``, ``train`` (and ``kd``'s loss), ``scoring``, ``evaluate``;
 4. studies: ``blind``, ``protocols``, ``cross_entropy``, ``probing``, ``data_size``, ``paper_tables``;
 5. commands: ``cli`` (every command), ``runner`` (the notebooks, in order).
@@ -17,9 +18,9 @@ Importing ``brdlib`` imports none of them; notebooks import the modules they use
 __version__ = "0.1.0"
 
 __all__ = [
-    "records", "specs", "prompts", "config",
+    "records", "specs", "config",
     "store", "report", "results",
-    "embedded", "models", "corpus", "tasks", "bigbench", "backends",
+    "embedded", "models", "corpus", "tasks", "bigbench", "prompts", "backends",
     "teacher", "assemble", "train", "kd", "scoring", "evaluate",
     "blind", "protocols", "cross_entropy", "probing", "data_size", "paper_tables",
     "cli", "runner",
