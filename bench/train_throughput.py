@@ -58,7 +58,7 @@ def child(mode: str, profile: str, overrides: list[str], data: Path, steps: int,
     from brdlib.assemble import encode_passages
     from brdlib.config import load_config
     from brdlib.models import load_model
-    from brdlib.train import pack_dataset
+    from brdlib.packing import pack_dataset
 
     cfg = load_config(profile, overrides)
     device = cfg.resolved_device()

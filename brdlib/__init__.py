@@ -8,7 +8,7 @@ One module per job, on floors that import only downward (README "Layout"; ``test
    ``report`` (tables, figures, the paper's numbers), ``results`` (tidy long-form results);
 2. resources: ``embedded``, ``models``, ``corpus``, ``tasks``, ``bigbench``, ``prompts`` (the paper's templates,
    verbatim), ``backends``;
-3. stages: ``teacher``, ``assemble``, ``train`` (and ``kd``'s loss), ``scoring``, ``evaluate``;
+3. stages: ``teacher``, ``assemble``, ``packing``, ``train`` (and ``kd``'s loss), ``scoring``, ``evaluate``;
 4. studies: ``blind``, ``protocols``, ``cross_entropy``, ``probing``, ``data_size``, ``paper_tables``;
 5. commands: ``cli`` (every command), ``runner`` (the notebooks, in order).
 
@@ -21,7 +21,7 @@ __all__ = [
     "records", "specs", "config",
     "store", "report", "results",
     "embedded", "models", "corpus", "tasks", "bigbench", "prompts", "backends",
-    "teacher", "assemble", "train", "kd", "scoring", "evaluate",
+    "teacher", "assemble", "packing", "train", "kd", "scoring", "evaluate",
     "blind", "protocols", "cross_entropy", "probing", "data_size", "paper_tables",
     "cli", "runner",
 ]

@@ -52,17 +52,10 @@ from typing import TYPE_CHECKING, Any
 from brdlib.assemble import build_rows, index_behaviours, resolve_sep, variant_spec
 from brdlib.corpus import load_passages
 from brdlib.models import free_memory, load_model
+from brdlib.packing import IGNORE_INDEX, load_tokenizer, packed_blocks
 from brdlib.records import KD_KINDS
 from brdlib.store import StoreError, is_trained, load_summary, resolve_model, student_dir
-from brdlib.train import (
-    IGNORE_INDEX,
-    brd_trainer_class,
-    check_max_length,
-    distributed_state,
-    packed_blocks,
-    train_model,
-)
-from brdlib.train import load_tokenizer as load
+from brdlib.train import brd_trainer_class, check_max_length, distributed_state, train_model
 
 if TYPE_CHECKING:
     import torch
@@ -73,8 +66,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KD_FORMAT_VERSION", "KDError", "KDPlan", "TeacherLogits", "ensure_kd_students", "is_current", "kd_blocks",
-    "kd_fingerprint", "kd_loss", "kd_model_spec", "kd_texts", "load_teacher", "load_tokenizer", "next_token_mask",
-    "plan_kd_student", "precompute_teacher_logits", "shared_vocabulary_size", "train_kd_student",
+    "kd_fingerprint", "kd_loss", "kd_model_spec", "kd_texts", "load_teacher", "next_token_mask", "plan_kd_student",
+    "precompute_teacher_logits", "shared_vocabulary_size", "train_kd_student",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,12 +142,6 @@ def kd_model_spec(cfg: Config, ref: str, key: str) -> tuple[str, str]:
     except StoreError as err:
         raise KDError(f"{key}={ref!r}: {err}") from None
     return ref_.spec, ref_.identity
-
-
-def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
-    """A model's tokenizer without its weights (tiny-random, embedded, directory or hub id)."""
-
-    return load(spec)
 
 
 def shared_vocabulary_size(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase,

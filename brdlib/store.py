@@ -3,7 +3,7 @@
     data/<profile>/corpus/        passages.jsonl, stats.json                     (brdlib.corpus)
     data/<profile>/teacher/       <role>-<model>-<fingerprint>/ JSONL shards      (brdlib.teacher)
     data/<profile>/passages/      <variant>/ dataset + card.json                 (brdlib.assemble, brdlib.protocols)
-    data/<profile>/packed/        <key>/ packed training blocks                  (brdlib.train)
+    data/<profile>/packed/        <key>/ packed training blocks                  (brdlib.packing)
     data/<profile>/checkpoints/   <student>/ while a student trains              (brdlib.train)
     data/<profile>/students/      <student>/ model, tokenizer, train_summary.json (brdlib.train)
     data/<profile>/eval/          predictions per model and split                (brdlib.evaluate)

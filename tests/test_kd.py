@@ -16,16 +16,16 @@ from brdlib.kd import (
     ensure_kd_students,
     kd_loss,
     kd_texts,
-    load_tokenizer,
     next_token_mask,
     plan_kd_student,
     shared_vocabulary_size,
     train_kd_student,
 )
 from brdlib.models import build_tiny_random, load_model, tiny_tokenizer
+from brdlib.packing import IGNORE_INDEX, load_tokenizer
 from brdlib.records import KD_KINDS
 from brdlib.store import SUMMARY_FILE, load_summary, resolve_model, student_dir
-from brdlib.train import IGNORE_INDEX, TrainError, training_table
+from brdlib.train import TrainError, training_table
 
 
 def tiny_cfg(root, *overrides):

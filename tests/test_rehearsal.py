@@ -155,7 +155,7 @@ def test_resolve_builds_the_cache_directory_once(tmp_cache):
 def test_tokenizer_only_paths_take_the_tiny_archs(rehearsal):
     """assemble and kd read a tokenizer without the weights; their 'tiny-random' branch must not catch these."""
     from brdlib.assemble import student_tokenizer
-    from brdlib.kd import load_tokenizer
+    from brdlib.packing import load_tokenizer
 
     tok = student_tokenizer(rehearsal)
     assert type(tok).__name__ == "XGLMTokenizer" and tok("a")["input_ids"][0] == tok.eos_token_id

@@ -18,9 +18,9 @@ import torch
 from brdlib.assemble import AssembleError, assemble_variant, encode_passages
 from brdlib.config import REPO_ROOT, load_config
 from brdlib.models import build_tiny_random, load_model, tiny_tokenizer
+from brdlib.packing import IGNORE_INDEX, PackingError, pack_dataset, pack_sequences
 from brdlib.store import StoreError, checkpoints_dir, load_summary, resolve_model, student_dir
 from brdlib.train import (
-    IGNORE_INDEX,
     TrainError,
     check_chunked_loss,
     chunked_causal_lm_loss,
@@ -29,8 +29,6 @@ from brdlib.train import (
     has_weights,
     last_complete_checkpoint,
     loss_curve_figure,
-    pack_dataset,
-    pack_sequences,
     pack_variant,
     peak_flops,
     per_device_batch,
@@ -89,7 +87,7 @@ def test_pack_dataset_counts_and_pads_per_group():
     eos = tok.eos_token_id
     real = real_tokens(packed)
     assert real.count(eos) == 10  # each passage closed by eos
-    with pytest.raises(TrainError, match="empty"):
+    with pytest.raises(PackingError, match="empty"):
         pack_dataset(ds.select([]), tok, 16, 4)
 
 
@@ -376,7 +374,7 @@ def test_a_block_longer_than_the_model_allows_is_refused(tiny_brd, tmp_path):
 
 def test_packing_is_a_cached_step_that_training_reuses(tiny_brd, tmp_path, monkeypatch):
     """--pack-only (before accelerate launch) tokenises once; a second pack and the training read the cache."""
-    import brdlib.train
+    import brdlib.packing
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cli = subprocess.run([sys.executable, "-m", "brdlib.cli", "train", "tiny", f"output_root={tmp_path}", "--variant",
@@ -389,7 +387,7 @@ def test_packing_is_a_cached_step_that_training_reuses(tiny_brd, tmp_path, monke
     def no_tokenising(*args, **kwargs):
         raise AssertionError("packed again instead of reading the cache")
 
-    monkeypatch.setattr(brdlib.train, "pack_dataset", no_tokenising)
+    monkeypatch.setattr(brdlib.packing, "pack_dataset", no_tokenising)
     again, stats = pack_variant(tiny_brd, "brd")
     assert again == folder and stats.blocks > 0 and stats.block_size == 128
     train_student(tiny_brd, "brd", "from_cache", max_steps=1, progress=False)
