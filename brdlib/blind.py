@@ -96,7 +96,6 @@ def evaluate_blind(cfg: Config, models: Mapping[str, str], progress: bool = True
     as no table shows them on BIG-bench (on smoke that saves about a third of their scoring time)."""
     import pandas as pd
 
-
     full = {r: m for r, m in models.items() if r in TABLE3_ROLES}
     main = {r: m for r, m in models.items() if r not in TABLE3_ROLES}
     tasks = main_tasks(cfg)
@@ -176,7 +175,6 @@ def train_two_teacher_students(cfg: Config, teacher_roles: Sequence[str] = ("tea
 def subset_summary(cfg: Config, students: Mapping[str, str]) -> pd.DataFrame:
     """What each Table 6 student was trained on: teacher, passages, sentences, rows and tokens of its variant."""
     import pandas as pd
-
 
     rows = []
     for role, name in students.items():
@@ -271,7 +269,6 @@ def bigbench_claims(per_task: pd.DataFrame) -> pd.DataFrame:
     """Our counts beside the paper's words about Figure 3 (``figure_claims.csv``): tasks compared, ties, and the
     share of tasks BRD improves (of all tasks, and of the non-tied ones), with a sign test over tasks."""
     import pandas as pd
-
 
     claims = paper_table("figure_claims").set_index("quantity")
     counts = per_task["outcome"].value_counts()

@@ -100,7 +100,6 @@ def cross_entropy_texts(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tea
     """
     import pandas as pd
 
-
     by_task = cross_entropy_examples(cfg, tasks)
     kind = cfg.analysis.cross_entropy_text
     rows, pairs = [], []
@@ -135,7 +134,6 @@ def cross_entropy_table(cfg: Config, texts: pd.DataFrame, bigbench_average: bool
     mean contribution) and its 95% bootstrap interval; BIG-bench tasks also averaged into ``bigbench_avg``."""
     import pandas as pd
 
-
     roles = [c.removeprefix("q_") for c in texts.columns if c.startswith("q_")]
     rows = []
     for role in roles:
@@ -161,7 +159,6 @@ def cross_entropy_difference(cfg: Config, texts: pd.DataFrame, role: str = "brd"
     the teacher), as a sum and relative to the baseline, with a paired bootstrap interval of the summed difference."""
     import pandas as pd
 
-
     for r in (role, baseline):
         if f"q_{r}" not in texts.columns:
             have = [c.removeprefix("q_") for c in texts.columns if c.startswith("q_")]
@@ -181,7 +178,6 @@ def table5(cfg: Config, tidy: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
     """Ours beside the paper's Table 5 (wide, the paper's roles ``student_base`` and ``brd``), with per task our
     ``n`` texts and the mean per text (sums are comparable only on the same texts)."""
     import pandas as pd
-
 
     ours = tidy[tidy["task"].isin(["xnli", "rte", "cb", "pawsx", "boolq", "sst2", "bigbench_avg"])]
     wide = compare_with_paper(ours[["role", "task", "value"]], "table5", cfg.profile, decimals=decimals)
@@ -203,7 +199,6 @@ def cross_entropy_figure(cfg: Config, tidy: pd.DataFrame, role: str = "brd",
     from ``baseline`` to ``role`` (%), ours beside the paper's (scale-free, so comparable across n)."""
     import matplotlib.pyplot as plt
     import pandas as pd
-
 
     tasks = list(dict.fromkeys(tidy["task"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(9, 0.9 * len(tasks) + 6), 4.2))

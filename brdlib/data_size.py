@@ -53,7 +53,6 @@ def data_size_plan(cfg: Config) -> pd.DataFrame:
     (assembled here where missing). See the module docstring for the two step rules."""
     import pandas as pd
 
-
     fractions = data_size_fractions(cfg)
     mode = cfg.analysis.data_size_steps
     every = sorted(set([*fractions, 1.0]))
@@ -90,7 +89,6 @@ def evaluate_sizes(cfg: Config, plan: pd.DataFrame, base_role: str = "student_ba
     predictions are saved: the base's and ``brd``'s, possibly on fewer examples here, would overwrite notebook 04's."""
     import pandas as pd
 
-
     cap = cfg.analysis.data_size_max_examples
     shared = {base_role: "student", "brd": "brd"}
     frames = [evaluate_model(cfg, ref, role, max_examples=cap, progress=progress) for role, ref in shared.items()
@@ -105,7 +103,6 @@ def data_size_frame(plan: pd.DataFrame, accuracy: pd.DataFrame, base_role: str =
     """Tidy curve: per size (the base student at 0) and task, the accuracy with its interval and ``n``, and the
     size in passages, tokens and steps; the Table 3 ``average`` over the paper's columns where all are present."""
     import pandas as pd
-
 
     sizes = [{"student": base_role, "fraction": 0.0, "passages": 0, "tokens": 0, "steps": 0},
              *plan[["student", "fraction", "passages", "tokens", "steps"]].to_dict("records")]
@@ -135,7 +132,6 @@ def data_size_claims(curve: pd.DataFrame) -> pd.DataFrame:
     """The paper's one statement on Figure 2 (``figure_claims.csv``) beside what our curve shows."""
     import pandas as pd
 
-
     claims = paper_table("figure_claims")
     claim = claims[claims["figure"] == "figure2"].iloc[0]
     avg = curve[curve["task"] == "average"].sort_values("fraction")
@@ -158,7 +154,6 @@ def data_size_figure(curve: pd.DataFrame, x: Literal["passages", "tokens"] = "pa
     """As the paper's Figure 2: accuracy (%) against the BRD data size, one panel per task (the paper's columns and
     the average), 95% intervals as error bars; the base student is the point at 0."""
     import matplotlib.pyplot as plt
-
 
     tasks = [t for t in [*TABLE_TASKS, "average"] if t in set(curve["task"])]
     cols = min(4, len(tasks))

@@ -80,7 +80,6 @@ def predictions_frame(role: str, examples: Sequence[Any], scores: Sequence[Seque
     fit the model's positions."""
     import pandas as pd
 
-
     rows = []
     for ex, cand in zip(examples, scores, strict=True):
         key = tie_key(seed, ex.task, ex.example_id)
@@ -118,7 +117,6 @@ def evaluate_model(
     """
     import pandas as pd
     import torch
-
 
     role = role or ref
     tasks = list(tasks) if tasks is not None else task_names(cfg)
@@ -303,7 +301,6 @@ def results_table(cfg: Config, accuracy: pd.DataFrame, table: str, *, decimals: 
     (default: every role in ``accuracy``); the paper's rows are all kept, empty where ours lacks them.
     """
     import pandas as pd
-
 
     paper = paper_rows(table, **where)
     tasks = [t for t in dict.fromkeys(paper["task"]) if t != "average"]

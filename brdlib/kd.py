@@ -255,7 +255,6 @@ def kd_blocks(cfg: Config, plan: KDPlan) -> tuple[Any, Any]:
     epochs), each with its ``index`` (its row in :class:`TeacherLogits`). Both KD kinds train on the same blocks."""
     import datasets
 
-
     t = cfg.recipe("kd")
     data_id = "kd-texts:" + hashlib.sha256("\x00".join(plan.texts).encode()).hexdigest()[:16]
     with distributed_state(cfg).main_process_first():
@@ -271,7 +270,6 @@ def precompute_teacher_logits(cfg: Config, plan: KDPlan, blocks: Any, progress: 
     logits are the same bits), and free it before any student loads: the peak holds the teacher or the student."""
     import torch
     from tqdm.auto import tqdm
-
 
     teacher = load_teacher(cfg, plan)
     t = cfg.recipe("kd")
@@ -290,7 +288,6 @@ def precompute_teacher_logits(cfg: Config, plan: KDPlan, blocks: Any, progress: 
 
 def _make_kd_trainer_class() -> type:
     import torch
-
 
     class KDTrainer(brd_trainer_class()):
         """brdlib.train's Trainer (tokens/s logging) with the KD loss against a frozen teacher."""

@@ -561,7 +561,6 @@ def check_models(cfg: Config, prompt: str, max_new_tokens: int = 20) -> Any:
     """
     import pandas as pd
 
-
     paper_roles = load_config("paper").models.roles()
     rows = []
     for role, spec in cfg.models.roles().items():

@@ -169,7 +169,6 @@ def claim_checks(cfg: Config) -> pd.DataFrame:
     """For each paper comparison: the paper's a − b, ours, and whether the direction agrees (blank if not run)."""
     import pandas as pd
 
-
     by_ref = {a.reference: a for a in ARTEFACTS if a.kind == "table"}
     rows = []
     for c in COMPARISONS:
@@ -207,7 +206,6 @@ TABLE3_BLOCKS: tuple[str, ...] = TEST_ORDER  # Table 3's blocks are the three te
 def _table3_average_cells(cfg: Config) -> pd.DataFrame:
     """Table 3's Average column, long: setting, role, value, source (``ours (<profile>)`` or ``paper``)."""
     import pandas as pd
-
 
     art = next(a for a in ARTEFACTS if a.reference == "table3")
     ours = ours_by_block(cfg, art)  # each block's own rows, reference rows included
@@ -284,7 +282,6 @@ def artefact_agreement(cfg: Config) -> pd.DataFrame:
     """Per paper table: cells of ours beside the paper's, their mean |ours − paper|, and how many of the paper's
     comparisons point the same way here."""
     import pandas as pd
-
 
     checks = claim_checks(cfg)
     rows = []

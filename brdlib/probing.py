@@ -56,7 +56,6 @@ def mean_pooled_states(model: Any, tokenizer: Any, texts: Sequence[str], batch_s
     import torch
     from tqdm.auto import tqdm
 
-
     read = reading(model, tokenizer, special_tokens, max_length)
     encoded = [encode_text(tokenizer, t, read) for t in texts]
     if read.max_length is not None and any(len(ids) > read.max_length for ids in encoded):
@@ -181,7 +180,6 @@ def probe_models(cfg: Config, roles: Mapping[str, str] = BLIND_ROLES, tasks: Seq
     the test majority-class accuracy (the chance line)."""
     import pandas as pd
     from tqdm.auto import tqdm
-
 
     data = probing_data(cfg, tasks)
     rows = []

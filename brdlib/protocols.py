@@ -231,7 +231,6 @@ def protocol_data_table(cfg: Config, tasks: Sequence[str]) -> pd.DataFrame:
     """Per task: training inputs, tune and held-out examples used (and in full), and how the splits were made."""
     import pandas as pd
 
-
     p = cfg.protocols
     rows = []
     for task in tasks:
@@ -532,7 +531,6 @@ def data_table(cards: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
 def example_table(cfg: Config, names: Sequence[str], max_chars: int = 400) -> pd.DataFrame:
     """One training text of each kind of each saved dataset (the first in its saved order), cut to ``max_chars``."""
     import pandas as pd
-
 
     rows = []
     for name in names:

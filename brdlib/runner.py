@@ -234,7 +234,6 @@ def prepare_models(cfg: Any) -> dict | None:
     the profile uses no embedded model."""
     import subprocess
 
-
     wanted = embedded_dtypes(cfg)
     if not wanted:
         return None

@@ -515,7 +515,6 @@ def token_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]],
     import torch
     from tqdm.auto import tqdm
 
-
     read = reading(model, tokenizer, special_tokens, max_length)
     pieces: list[tuple[int, list[int], list[int]]] = []  # (pair, context, continuation), each fitting the positions
     n_fitted = 0
@@ -624,7 +623,6 @@ def text_probs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], cac
     only pairs these weights have not scored before under this reading are run (committed every few batches, so a
     killed run keeps its work)."""
     from tqdm.auto import tqdm
-
 
     read_kw = {"special_tokens": special_tokens, "max_length": max_length}
     fingerprint = f"{model_fingerprint(model)}|{reading(model, tokenizer, **read_kw).key}" if cache is not None else ""

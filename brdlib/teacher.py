@@ -631,7 +631,6 @@ def drop_table(records: Sequence[BehaviourRecord]) -> pd.DataFrame:
     """Counts per behaviour: records, kept, and dropped by reason (with shares)."""
     import pandas as pd
 
-
     rows = []
     for b in sorted({r.behaviour for r in records}, key=lambda x: (BEHAVIOURS + (x,)).index(x)):
         mine = [r for r in records if r.behaviour == b]
@@ -654,7 +653,6 @@ def sample_table(records: Sequence[BehaviourRecord], n: int = 3, seed: int = 0, 
 
     import pandas as pd
 
-
     rows = []
     for b in BEHAVIOURS:
         rows.append({"behaviour": b, "source": "paper (Vicuna-13B)", "sentence": PAPER_INPUT,
@@ -676,7 +674,6 @@ def outcome_figure(records: Sequence[BehaviourRecord], title: str = "") -> Any:
     with the length of the paper's own example response (Tables 1 and 2) marked."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-
 
     table = drop_table(records)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))

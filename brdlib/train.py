@@ -662,7 +662,6 @@ def train_model(
     import torch
     from transformers import default_data_collator
 
-
     t = resolve_recipe(cfg, recipe)
     state = distributed_state(cfg)
     resume = _fresh_checkpoints(state, cfg, name, {"fingerprint": fingerprint, **(stamp or {})}, force)
@@ -770,7 +769,6 @@ register_builder("students", build_named_students)
 def settings_table(cfg: Config) -> pd.DataFrame:
     """The profile's training settings beside the paper's (A.1; the steps of recipes brd and further, §4)."""
     import pandas as pd
-
 
     paper, ours = load_config("paper"), cfg
     rows = [(label, get(paper), get(ours)) for label, get in [
