@@ -241,7 +241,7 @@ def prepare_models(cfg: Any) -> dict | None:
     with PeakMemory() as memory:
         for name, dtypes in wanted.items():
             command = ["prepare", name, *(f"--dtype={d}" for d in dtypes)]
-            if subprocess.run([sys.executable, "-m", "brdlib.embedded", *command], check=False).returncode:
+            if subprocess.run([sys.executable, "-m", "brdlib.cli", "models", *command], check=False).returncode:
                 raise RuntimeError(f"preparing the embedded model {name} failed; its error is above; rerun: "
                                    f"brd-models {' '.join(command)}")
     seconds = time.perf_counter() - start

@@ -146,10 +146,11 @@ def test_the_cell_at_the_peak_is_named(tmp_path):
 
 
 @pytest.mark.embedded
-def test_model_preparation_is_measured_apart_from_the_notebooks(tmp_path):
-    """The embedded models are converted before the notebooks, in a measured child; the summary keeps that figure
-    beside, not inside, the notebooks' total, also after later notebooks are written."""
-    from brdlib.embedded import is_installed
+def test_model_preparation_is_measured_apart_from_the_notebooks(tmp_path, tmp_cache):
+    """The embedded models are converted before the notebooks, in a measured child (into a fresh cache here: the
+    child must really convert, as it did not when it ran a module without a command line); the summary keeps that
+    figure beside, not inside, the notebooks' total, also after later notebooks are written."""
+    from brdlib.embedded import is_converted, is_installed
     from brdlib.specs import EMBEDDED_MODELS
 
     if not is_installed(EMBEDDED_MODELS["smollm2-135m-instruct"]):
@@ -162,9 +163,11 @@ def test_model_preparation_is_measured_apart_from_the_notebooks(tmp_path):
                                       "smollm2-135m-instruct": ["bfloat16", "float32"],  # student: trained, scored
                                       "qwen2.5-coder-1.5b-instruct": ["bfloat16"]}  # read only
     cfg = load_config("tiny", ["models.student=smollm2-135m-instruct", "dtype=float32"])
+    assert not is_converted(EMBEDDED_MODELS["smollm2-135m-instruct"], "float32")
     prepared = runner.prepare_models(cfg)
+    assert is_converted(EMBEDDED_MODELS["smollm2-135m-instruct"], "float32")
     assert prepared["models"] == {"smollm2-135m-instruct": ["float32"]} and prepared["seconds"] > 0
-    assert prepared["peak_rss_gb"] > 0  # measured (already converted here: a python process)
+    assert prepared["peak_rss_gb"] > 0
     runner.write_summary(tmp_path, "smoke", [], [], prepared)
     summary = runner.write_summary(tmp_path, "smoke", [], [runner.NotebookResult("00_setup.ipynb", 5.0, True, "x",
                                                                                  peak_rss_gb=1.5)])

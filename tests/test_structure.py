@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,18 @@ def test_notebooks_use_no_undefined_or_unused_name(tmp_path: Path) -> None:
             "source": ["print(analysis.probing_tasks(cfg))\n"]}
     broken.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     assert "F821" in _pyflakes(broken).stdout
+
+
+def test_every_python_dash_m_names_the_command_line() -> None:
+    """``python -m brdlib.X`` runs X's code and exits 0 doing nothing unless X has a command line; only brdlib.cli
+    has one (the runner once prepared no model through ``-m brdlib.embedded`` after the commands moved)."""
+    root = PACKAGE.parent
+    files = [*PACKAGE.glob("*.py"), *root.glob("tests/*.py"), *root.glob("bench/*"), *root.glob("scripts/*"),
+             *root.glob("configs/**/*.yaml"), root / "README.md", root / "run_all.sh", root / ".ci" / "run"]
+    pattern = re.compile(r"""-m["',\s]+brdlib\.(\w+)""")
+    wrong = [f"{path.relative_to(root)}: -m brdlib.{m}" for path in files if path.is_file() and path != Path(__file__)
+             for m in pattern.findall(path.read_text(errors="replace")) if m != "cli"]
+    assert wrong == []
+    mains = [name for name, tree in _modules().items() if any(
+        isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body)]
+    assert mains == ["cli"]
