@@ -19,8 +19,8 @@ What it does:
   recipe, ``recipes.<name>``, sets its own; :meth:`brdlib.config.Config.recipe`). Only the last block of a group
   is padded, so every token is kept; the padding fraction is reported. Attention spans the passages of a block, as
   in the usual concatenated pretraining; eos marks the boundaries. The blocks are cached in
-  ``cfg.data_dir/packed/<key>`` (key: data, tokenizer, block length, group size; written atomically), so
-  ``--pack-only`` before ``accelerate launch`` does the tokenising once and the launched ranks only read it.
+  ``cfg.data_dir/packed/<key>`` by :mod:`brdlib.packing` (key: data, tokenizer, block length, group size; written
+  atomically), so ``--pack-only`` before ``accelerate launch`` does the tokenising once and the ranks only read it.
 - **Lengths bounded by the model.** A block longer than the model's own maximum positions (GPT-2's
   ``n_positions``, ``max_position_embeddings`` elsewhere) is refused with an error naming the key, the model and
   its limit, before any data is packed (:func:`check_max_length`).
