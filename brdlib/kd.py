@@ -328,6 +328,7 @@ def train_kd_student(
     progress: bool = True,
     teacher: LoadedModel | None = None,
     teacher_logits: TeacherLogits | None = None,
+    plan: KDPlan | None = None,
 ) -> Path:
     """Distil ``kd.teacher`` into ``kd.student`` with the ``kind`` loss (:data:`KD_KINDS`); save ``students/<name>``.
 
@@ -335,10 +336,10 @@ def train_kd_student(
     logits, the trainer's loss); the training itself, with ``recipes.kd``, is :func:`brdlib.train.train_model`'s:
     a finished student of the same inputs is returned at once (``force`` retrains), an unfinished one resumes from
     its last complete checkpoint. ``teacher`` (``kd.teacher_logits: online``) or ``teacher_logits``
-    (``precomputed``): what :func:`ensure_kd_students` made once for both kinds.
+    (``precomputed``): what :func:`ensure_kd_students` made once for both kinds; ``plan``: this student's
+    :func:`plan_kd_student`, when the caller has it already.
     """
-
-    plan = plan_kd_student(cfg, kind, name)
+    plan = plan or plan_kd_student(cfg, kind, name)
     t = cfg.recipe("kd")
     if not force and is_current(cfg, plan):
         log.info("KD student %s is up to date: %s", plan.name, student_dir(cfg, plan.name))
@@ -380,7 +381,6 @@ def ensure_kd_students(cfg: Config, *, progress: bool = True) -> dict[str, str]:
     """
     if cfg.kd.released:
         return {kind: cfg.kd.released[kind] for kind in KD_KINDS}
-
     teacher: LoadedModel | None = None
     logits: TeacherLogits | None = None
     refs: dict[str, str] = {}
@@ -391,7 +391,7 @@ def ensure_kd_students(cfg: Config, *, progress: bool = True) -> dict[str, str]:
                 logits = logits or precompute_teacher_logits(cfg, plan, kd_blocks(cfg, plan)[0], progress)
             else:
                 teacher = teacher or load_teacher(cfg, plan)
-            train_kd_student(cfg, kind, progress=progress, teacher=teacher, teacher_logits=logits)
+            train_kd_student(cfg, kind, progress=progress, teacher=teacher, teacher_logits=logits, plan=plan)
         refs[kind] = plan.name
     del teacher, logits
     free_memory()  # the teacher's memory, before the notebook loads the next model
