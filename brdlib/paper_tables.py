@@ -170,6 +170,7 @@ def claim_checks(cfg: Config) -> pd.DataFrame:
     import pandas as pd
 
     by_ref = {a.reference: a for a in ARTEFACTS if a.kind == "table"}
+    results = load_results(cfg)  # read once for every comparison
     rows = []
     for c in COMPARISONS:
         paper = paper_table(c.table)
@@ -177,7 +178,7 @@ def claim_checks(cfg: Config) -> pd.DataFrame:
             paper = paper[paper["block"] == c.block]
         tasks = [t for t in dict.fromkeys(paper["task"]) if t != "average"]
         pa, pb = _cell(paper, c.a, c.task, tasks), _cell(paper, c.b, c.task, tasks)
-        ours = load_ours(cfg, by_ref[c.table])
+        ours = load_ours(cfg, by_ref[c.table], results)
         oa, ob = _cell(ours, c.a, c.task, tasks), _cell(ours, c.b, c.task, tasks)
         paper_delta = pa - pb if pa is not None and pb is not None else None
         ours_delta = oa - ob if oa is not None and ob is not None else None
@@ -284,11 +285,12 @@ def artefact_agreement(cfg: Config) -> pd.DataFrame:
     import pandas as pd
 
     checks = claim_checks(cfg)
+    results = load_results(cfg)
     rows = []
     for art in ARTEFACTS:
         if art.kind != "table":
             continue
-        ours = load_ours(cfg, art)
+        ours = load_ours(cfg, art, results)
         paper = paper_table(art.reference)
         merged = ours.merge(paper[["role", "task", "value"]].drop_duplicates(["role", "task"]),
                             on=["role", "task"], suffixes=("_ours", "_paper"))
