@@ -21,7 +21,7 @@ __all__ = [
     "records", "specs", "config",
     "store", "report", "results",
     "embedded", "models", "corpus", "tasks", "bigbench", "prompts", "backends",
-    "teacher", "assemble", "packing", "train", "kd", "scoring", "evaluate",
+    "teacher", "teacher_ray", "assemble", "packing", "train", "kd", "scoring", "evaluate",
     "blind", "protocols", "cross_entropy", "probing", "data_size", "paper_tables",
     "cli", "runner",
 ]

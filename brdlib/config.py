@@ -26,9 +26,9 @@ from brdlib.specs import validate_spec
 __all__ = [
     "CONFIG_DIR", "DATA_DIR_ENV", "EXTENDS_KEY", "FIXTURE_MIRROR_DIR", "RECIPE_OVERRIDES", "RECIPES", "REPO_ROOT",
     "AnalysisConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "KDConfig", "ModelsConfig",
-    "PassagesConfig", "ProtocolsConfig", "RecipeConfig", "RecipesConfig", "TeacherConfig", "TrainConfig",
-    "TrainRecipe", "available_profiles", "cpu_has_native_bf16", "load_config", "merge_profiles", "parse_overrides",
-    "raw_profile", "read_profile_file",
+    "PassagesConfig", "ProtocolsConfig", "RecipeConfig", "RecipesConfig", "TeacherConfig", "TeacherRayConfig",
+    "TrainConfig", "TrainRecipe", "available_profiles", "cpu_has_native_bf16", "load_config", "merge_profiles",
+    "parse_overrides", "raw_profile", "read_profile_file",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -193,8 +193,40 @@ class DataConfig(_Strict):
         return default if default.is_dir() else None
 
 
+class TeacherRayConfig(_Strict):
+    """``teacher.engine: ray``: the teacher on a Ray cluster (brdlib.teacher_ray). vLLM models run through
+    ``ray.data.llm``; GGUF (llama.cpp) and transformers models through a pool of Ray actors."""
+
+    address: str | None = Field(
+        default=None, description="cluster to join (ray.init(address=...)): 'auto' or 'ray://head:10001'; null: start "
+        "a local cluster on this machine",
+    )
+    workers: int = Field(
+        default=1, gt=0, description="engine replicas (data parallel): one per GPU group or CPU worker",
+    )
+    cpus_per_worker: int = Field(default=1, gt=0, description="CPU threads of each replica (llama.cpp threads)")
+    tensor_parallel_size: int = Field(default=1, gt=0, description="vllm: GPUs per replica (tensor parallel)")
+    batch_size: int | None = Field(
+        default=None, gt=0, description="vllm: rows per engine call of ray.data.llm; null: teacher.batch_size",
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="vllm: share of each GPU a replica takes; null: "
+        "teacher.vllm_gpu_memory_utilization",
+    )
+    shard_batches: int = Field(
+        default=8, gt=0, description="teacher batches per shard: a shard is written atomically once all of it is "
+        "generated, and a rerun after a kill generates only the shards not on disk",
+    )
+
+
 class TeacherConfig(_Strict):
     """Decoding of the teacher's behaviours (the paper does not state it; greedy is our reading)."""
+
+    engine: Literal["local", "ray"] = Field(
+        default="local", description="local: this process (teacher.shard=i/N splits machines by hand); ray: a Ray "
+        "cluster (teacher.ray), one command for every GPU and machine",
+    )
+    ray: TeacherRayConfig = Field(default_factory=TeacherRayConfig)
 
     backend: Literal["auto", "transformers", "vllm", "llamacpp"] = Field(
         default="auto",

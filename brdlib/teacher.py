@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -53,11 +54,12 @@ if TYPE_CHECKING:
     from brdlib.config import Config
 
 __all__ = [
-    "RECORD_FORMAT", "STREAM_BLOCK", "BehaviourStats", "RunStats", "ShardWriter", "build_teacher_records",
-    "decoding_params", "drop_table", "generate_behaviours", "items_from_passages", "items_from_texts", "iter_rows",
-    "load_behaviours", "manifest_path", "outcome_figure", "read_manifest", "read_manifests", "read_rows",
-    "record_key", "row_to_record", "run_teacher", "sample_table", "select_shard", "shard_file", "shard_of",
-    "teacher_fingerprint", "teacher_output_dir", "write_manifest",
+    "RECORD_FORMAT", "STREAM_BLOCK", "BehaviourPlan", "BehaviourStats", "EngineRun", "RunStats", "ShardWriter",
+    "build_teacher_records", "count_generations", "cut_batches", "decoding_params", "drop_table",
+    "generate_behaviours", "items_from_passages", "items_from_texts", "iter_rows", "load_behaviours", "make_row",
+    "manifest_path", "outcome_figure", "plan_behaviour", "read_manifest", "read_manifests", "read_rows", "record_key",
+    "register_engine", "row_ident", "row_to_record", "rows_for", "run_teacher", "sample_table", "select_shard",
+    "shard_file", "shard_of", "teacher_engine", "teacher_fingerprint", "teacher_output_dir", "write_manifest",
 ]
 
 RECORD_FORMAT = 1
@@ -286,7 +288,8 @@ class RunStats:
                 f"{self.tokens / secs:.1f} tokens/s; {reused} records reused from earlier runs")
 
 
-def _batches(keys: list[str], size: int) -> list[list[str]]:
+def cut_batches(keys: list[str], size: int) -> list[list[str]]:
+    """``keys`` cut into consecutive batches of ``size``."""
     return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
@@ -326,7 +329,7 @@ def generate_behaviours(
 
 
 @dataclass
-class _Plan:
+class BehaviourPlan:
     """What one behaviour's run has to do: the records wanted, those on disk, the keys still missing."""
 
     by_key: dict[str, list[TeacherItem]]
@@ -337,21 +340,22 @@ class _Plan:
     order: list[str]  # distinct keys, shortest sentence first
 
 
-def _plan(items: Sequence[TeacherItem], backend: Backend, out: Path, template: PromptTemplate, dp: DecodingParams
-          ) -> _Plan:
+def plan_behaviour(items: Sequence[TeacherItem], model: str, out: Path, template: PromptTemplate, dp: DecodingParams
+                   ) -> BehaviourPlan:
+    """The records ``items`` want of one behaviour, those already in ``out``, and the keys still to generate."""
     by_key: dict[str, list[TeacherItem]] = defaultdict(list)
     for it in items:
-        by_key[record_key(backend.model, template, dp, it.sentence)].append(it)
+        by_key[record_key(model, template, dp, it.sentence)].append(it)
     wanted = {(it.passage_id, it.sentence_index, k) for k, its in by_key.items() for it in its}
-    done = {ident for r in iter_rows(out, [template.behaviour]) if (ident := _ident(r)) in wanted}
+    done = {ident for r in iter_rows(out, [template.behaviour]) if (ident := row_ident(r)) in wanted}
     missing = {k for (_, _, k) in wanted - done}
     answer = ({r["key"]: r for r in iter_rows(out, [template.behaviour]) if r["key"] in missing}
               if missing else {})
     order = sorted(by_key, key=lambda k: (len(normalize_input(by_key[k][0].sentence)), k))
-    return _Plan(by_key, wanted, done, missing, answer, order)
+    return BehaviourPlan(by_key, wanted, done, missing, answer, order)
 
 
-def _rows_for(plan: _Plan, key: str, base: dict[str, Any]) -> list[dict[str, Any]]:
+def rows_for(plan: BehaviourPlan, key: str, base: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of ``key`` not on disk yet, one per position of its sentence; marks them done."""
     rows = []
     for it in plan.by_key[key]:
@@ -371,7 +375,7 @@ def _run_behaviour(
 
     behaviour = template.behaviour
     st = BehaviourStats(behaviour)
-    plan = _plan(items, backend, out, template, dp)
+    plan = plan_behaviour(items, backend.model, out, template, dp)
     st.records, st.reused = len(plan.wanted), len(plan.done)
     writer = ShardWriter(shard_file(out, behaviour, shard))
     bar = tqdm(total=len(plan.wanted), initial=st.reused, desc=f"teacher {behaviour}", unit="sent",
@@ -395,15 +399,15 @@ def _run_behaviour(
         bar.close()
         writer.close()
     st.drops = dict(Counter(r["drop_reason"] for r in iter_rows(out, [behaviour])
-                            if r["drop_reason"] and _ident(r) in plan.wanted))
+                            if r["drop_reason"] and row_ident(r) in plan.wanted))
     return st
 
 
-def _batch_missing(plan: _Plan, backend: Backend, template: PromptTemplate, dp: DecodingParams, st: BehaviourStats,
-                   write: Callable[[list[dict[str, Any]]], None]) -> None:
+def _batch_missing(plan: BehaviourPlan, backend: Backend, template: PromptTemplate, dp: DecodingParams,
+                   st: BehaviourStats, write: Callable[[list[dict[str, Any]]], None]) -> None:
     """Fixed batches over every distinct key; a batch with anything missing is generated whole, so a resumed run
     forms the batches, hence the texts, of an uninterrupted one."""
-    for batch in _batches(plan.order, backend.batch_size):
+    for batch in cut_batches(plan.order, backend.batch_size):
         if not plan.missing.intersection(batch):
             continue
         gens: dict[str, Generation] = {}
@@ -412,54 +416,59 @@ def _batch_missing(plan: _Plan, backend: Backend, template: PromptTemplate, dp: 
             prompts = [template.render(plan.by_key[k][0].sentence) for k in batch]
             outs = backend.generate(prompts, dp, shared_prefix=template.prefix)
             gens = dict(zip(batch, outs, strict=True))
-            _count(st, outs, time.perf_counter() - t0)
+            count_generations(st, outs, time.perf_counter() - t0)
         rows = []
         for k in batch:
             if k in plan.missing:
-                base = _make_row(k, template, plan.by_key[k][0].sentence, gens[k], backend) if k in gens \
+                base = make_row(k, template, plan.by_key[k][0].sentence, gens[k], backend) if k in gens \
                     else plan.answer[k]
                 st.copied += k not in gens
-                rows += _rows_for(plan, k, base)
+                rows += rows_for(plan, k, base)
         write(rows)
 
 
-def _stream_missing(plan: _Plan, backend: Backend, template: PromptTemplate, dp: DecodingParams,
+def _stream_missing(plan: BehaviourPlan, backend: Backend, template: PromptTemplate, dp: DecodingParams,
                     st: BehaviourStats, write: Callable[[list[dict[str, Any]]], None]) -> None:
     """Every missing key in one stream (vLLM schedules them); records are written ``backend.batch_size`` at a
     time as they finish, so a kill loses at most the unwritten ones and a resumed run asks only for those."""
     copies = [k for k in plan.order if k in plan.missing and k in plan.answer]
     if copies:
         st.copied += len(copies)
-        write([row for k in copies for row in _rows_for(plan, k, plan.answer[k])])
+        write([row for k in copies for row in rows_for(plan, k, plan.answer[k])])
     todo = [k for k in plan.order if k in plan.missing]
     pending: list[dict[str, Any]] = []
-    for block in _batches(todo, STREAM_BLOCK):
+    for block in cut_batches(todo, STREAM_BLOCK):
         prompts = [template.render(plan.by_key[k][0].sentence) for k in block]
         t0 = time.perf_counter()
         with contextlib.closing(backend.generate_stream(prompts, dp, shared_prefix=template.prefix)) as stream:
             for i, gen in stream:
                 k = block[i]
-                _count(st, [gen], time.perf_counter() - t0)
+                count_generations(st, [gen], time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                pending += _rows_for(plan, k, _make_row(k, template, plan.by_key[k][0].sentence, gen, backend))
+                pending += rows_for(plan, k, make_row(k, template, plan.by_key[k][0].sentence, gen, backend))
                 if len(pending) >= backend.batch_size:
                     write(pending)
                     pending = []
     write(pending)
 
 
-def _count(st: BehaviourStats, gens: Sequence[Generation], seconds: float) -> None:
+def count_generations(st: BehaviourStats, gens: Sequence[Generation], seconds: float) -> None:
+    """Add ``gens`` (generated in ``seconds``) to a behaviour's counts."""
     st.generated += len(gens)
     st.tokens += sum(g.n_tokens for g in gens)
     st.truncated += sum(g.finish_reason == "length" for g in gens)
     st.seconds += seconds
 
 
-def _ident(row: dict[str, Any]) -> tuple[str, int, str]:
+def row_ident(row: dict[str, Any]) -> tuple[str, int, str]:
+    """(passage id, sentence index, key): what makes a record unique."""
     return row["passage_id"], row["sentence_index"], row["key"]
 
 
-def _make_row(key: str, template: PromptTemplate, sentence: str, gen: Generation, backend: Backend) -> dict[str, Any]:
+def make_row(key: str, template: PromptTemplate, sentence: str, gen: Generation, backend: Backend | str
+             ) -> dict[str, Any]:
+    """The stored record of one generation (cleaned by the template's rules); positions are filled by
+    :func:`rows_for`."""
     cleaned = clean_response(gen.text, template, sentence)
     return {
         "format": RECORD_FORMAT,
@@ -473,7 +482,7 @@ def _make_row(key: str, template: PromptTemplate, sentence: str, gen: Generation
         "raw": gen.text,
         "n_tokens": gen.n_tokens,
         "finish_reason": gen.finish_reason,
-        "backend": backend.name,
+        "backend": backend if isinstance(backend, str) else backend.name,
     }
 
 
@@ -485,9 +494,10 @@ def manifest_path(out_dir: Path, shard: str) -> Path:
     return Path(out_dir) / f"manifest-{i:05d}-of-{n:05d}.json"
 
 
-def write_manifest(out_dir: Path, stats: RunStats, params: dict[str, DecodingParams]) -> Path:
-    """Add this run to the shard's manifest (written to a temporary file, then renamed into place)."""
-    path = manifest_path(out_dir, stats.shard)
+def write_manifest(out_dir: Path, stats: RunStats, params: dict[str, DecodingParams], path: Path | None = None
+                   ) -> Path:
+    """Add this run to the shard's manifest (or to ``path``), written to a temporary file, then renamed into place."""
+    path = path or manifest_path(out_dir, stats.shard)
     previous = read_manifest(path)
     run = {
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -530,6 +540,26 @@ def read_manifests(out_dir: Path) -> list[dict[str, Any]]:
 # Profile-level entry points -----------------------------------------------------------------------
 
 
+EngineRun = Callable[["Config", Sequence[TeacherItem], str, Sequence[str], bool], RunStats]
+_ENGINES: dict[str, EngineRun] = {}
+
+
+def register_engine(name: str, run: EngineRun) -> None:
+    """Make ``teacher.engine: <name>`` run the teacher through ``run`` (the engine's module registers itself)."""
+    _ENGINES[name] = run
+
+
+def teacher_engine(name: str) -> EngineRun:
+    """The engine registered as ``name``; its module ``brdlib.teacher_<name>`` is imported on first use, so this
+    stage never imports an engine (and Ray) unless a profile asks for it."""
+    if name not in _ENGINES:
+        try:
+            importlib.import_module(f"brdlib.teacher_{name}")
+        except ModuleNotFoundError as err:
+            raise ValueError(f"teacher.engine {name!r} is not available ({err}); accepted: local, ray") from err
+    return _ENGINES[name]
+
+
 def run_teacher(
     cfg: Config,
     items: Sequence[TeacherItem] | Iterable[Passage],
@@ -542,6 +572,8 @@ def run_teacher(
     """Generate the profile's behaviours for ``items`` (or passages) into :func:`teacher_output_dir`.
 
     Loads the model only when something is missing; ``backend`` may be given to reuse a loaded one.
+    ``teacher.engine`` other than 'local' hands the work to that engine (``ray``: :mod:`brdlib.teacher_ray`,
+    over a Ray cluster; ``shard`` is then the engine's own).
     """
     items = list(items)
     if items and not isinstance(items[0], TeacherItem):
@@ -549,6 +581,8 @@ def run_teacher(
     behaviours = list(behaviours or cfg.teacher.behaviours)
     for b in behaviours:
         get_template(b)
+    if cfg.teacher.engine != "local" and backend is None:
+        return teacher_engine(cfg.teacher.engine)(cfg, items, teacher_role, behaviours, progress)
     shard = shard or cfg.teacher.shard
     params = {b: decoding_params(cfg, b) for b in behaviours}
     out = teacher_output_dir(cfg, teacher_role)
@@ -578,7 +612,7 @@ def _all_done(items: Sequence[TeacherItem], out: Path, model: str, params: dict[
         return False
     wanted = _wanted(items, model, params, shard)
     for b, want in wanted.items():
-        have = {_ident(r) for r in iter_rows(out, [b])}
+        have = {row_ident(r) for r in iter_rows(out, [b])}
         if want - have:
             return False
     return True
@@ -592,7 +626,7 @@ def _stats_from_disk(items: Sequence[TeacherItem], out: Path, model: str, params
     i, n = parse_shard(shard)
     stats = RunStats(str(out), model, manifest.get("backend", {"backend": "none"}), f"{i}/{n}", {})
     for b, want in wanted.items():
-        rows = [r for r in iter_rows(out, [b]) if _ident(r) in want]
+        rows = [r for r in iter_rows(out, [b]) if row_ident(r) in want]
         stats.behaviours[b] = BehaviourStats(b, records=len(want), reused=len(want),
                                              drops=dict(Counter(r["drop_reason"] for r in rows if r["drop_reason"])))
     if progress:
@@ -620,7 +654,7 @@ def load_behaviours(
         model = cfg.models.roles()[teacher_role]
         params = {b: decoding_params(cfg, b) for b in BEHAVIOURS}
         wanted = _wanted(items_from_passages(passages), model, params, "0/1")
-        rows = [r for r in rows if _ident(r) in wanted.get(r["behaviour"], set())]
+        rows = [r for r in rows if row_ident(r) in wanted.get(r["behaviour"], set())]
     return [row_to_record(r) for r in rows]
 
 

@@ -25,7 +25,7 @@ FLOORS: dict[str, int] = {
     # 2 resources: models, embedded weights, corpus, tasks, BIG-bench, the paper's prompts, generation engines
     "embedded": 2, "models": 2, "corpus": 2, "bigbench": 2, "tasks": 2, "prompts": 2, "backends": 2,
     # 3 stages: the teacher, assembly, training (and its KD loss), scoring and evaluation
-    "teacher": 3, "assemble": 3, "packing": 3, "train": 3, "kd": 3, "scoring": 3, "evaluate": 3,
+    "teacher": 3, "teacher_ray": 3, "assemble": 3, "packing": 3, "train": 3, "kd": 3, "scoring": 3, "evaluate": 3,
     # 4 studies: one module per study of the paper
     "blind": 4, "protocols": 4, "cross_entropy": 4, "probing": 4, "data_size": 4, "paper_tables": 4,
     # 5 the commands
