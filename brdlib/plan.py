@@ -50,9 +50,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASSUMED_MFU", "CHARS_PER_TOKEN", "DEVICE_KINDS", "GPU_CHECK_JSON", "HUB_SPLITS", "MODEL_PARAMS", "SMOKE_FIGURES",
-    "TASK_SHAPES", "TASK_SHAPE_SOURCE", "TINY_PARAMS", "WORK_KINDS", "Counter", "DeviceKind", "Plan", "PlanError",
-    "Rate", "Stage", "TaskCount", "TaskShape", "Work", "count_work", "device_rates", "local_kind", "make_plan",
-    "model_params", "plan_table", "sentence_tokens", "smoke_answer_tokens", "task_counts",
+    "TASK_SHAPES", "TASK_SHAPES_JSON", "TASK_SHAPE_SOURCE", "TINY_PARAMS", "WORK_KINDS", "Counter", "DeviceKind",
+    "Plan", "PlanError", "Rate", "Stage", "TaskCount", "TaskShape", "Work", "count_work", "device_rates", "local_kind",
+    "make_plan", "measured_shapes", "model_params", "plan_table", "sentence_tokens", "smoke_answer_tokens",
+    "task_counts",
 ]
 
 Label = Literal["measured", "assumed"]
@@ -141,9 +142,9 @@ class TaskShape:
     """Assumed size of one task example: tokens of its prompt (context), of one candidate answer, and sentences of
     its input text (what the teacher annotates for BRD²)."""
 
-    context_tokens: int
-    answer_tokens: int
-    sentences: int
+    context_tokens: float
+    answer_tokens: float
+    sentences: float
 
 
 TASK_SHAPES: dict[str, TaskShape] = {
@@ -155,6 +156,31 @@ TASK_SHAPE_SOURCE = Rate("task example shapes", len(TASK_SHAPES), "tasks (prompt
                                      for k, v in TASK_SHAPES.items()), "assumed",
                          "Table 9's templates with typical inputs (premise + hypothesis, BoolQ's passage); "
                          "BIG-bench prompts vary widely; not measured")
+
+TASK_SHAPES_JSON = REPO_ROOT / "bench" / "results" / "task_shapes.json"
+"""``python bench/task_shapes.py``'s output: measured shapes (and BIG-bench candidates), used where present."""
+
+
+def measured_shapes(path: Path | None = None) -> dict[str, tuple[TaskShape, float]]:
+    """Task -> (measured shape, mean candidates) from :data:`TASK_SHAPES_JSON` (``bigbench`` for the BIG-bench
+    mean); empty when the file is absent."""
+    path = TASK_SHAPES_JSON if path is None else path
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    rows = {**report["tasks"], **({"bigbench": report["bigbench_mean"]} if report.get("bigbench_mean") else {})}
+    return {task: (TaskShape(r["prompt_tokens"], r["answer_tokens"], r["sentences"]), r["candidates"])
+            for task, r in rows.items()}
+
+
+def _shape_rate(measured: bool) -> Rate:
+    if not measured:
+        return TASK_SHAPE_SOURCE
+    tasks = len(set(measured_shapes()) - {"bigbench"})
+    return Rate("task example shapes", tasks, "tasks measured (prompt/answer tokens, candidates, input sentences)",
+                "measured", "bench/results/task_shapes.json",
+                "python bench/task_shapes.py: the offline mirror, <= 200 examples per task, SmolLM2's tokenizer")
+
 
 HUB_SPLITS: dict[str, tuple[int, int, int]] = {
     "xnli": (392_702, 2_490, 5_010),   # facebook/xnli en: train, validation, test
@@ -308,8 +334,11 @@ def task_counts(cfg: Config, names: Sequence[str]) -> list[TaskCount]:
     """Split sizes, candidates and shape of each task name (``bigbench`` expanded, ``bigbench:<t>`` kept).
 
     BIG-bench has no training split: train/tune/held-out are ``1 - 2f``/``f``/``f`` of the task (A.3;
-    ``data.tune_fraction`` f). Table 9 tasks: :data:`HUB_SPLITS`, the held-out split being the test split."""
+    ``data.tune_fraction`` f). Table 9 tasks: :data:`HUB_SPLITS`, the held-out split being the test split. Shapes
+    (and BIG-bench's mean candidates) are measured ones (:func:`measured_shapes`) where present, else
+    :data:`TASK_SHAPES` (and the selection file's (min + max) / 2 candidates)."""
     table, cap, f = _bigbench_table(), cfg.data.max_examples_per_task, cfg.data.tune_fraction
+    measured = measured_shapes()
     out = []
     for name in names:
         if name == "bigbench":
@@ -318,9 +347,10 @@ def task_counts(cfg: Config, names: Sequence[str]) -> list[TaskCount]:
         if name.startswith("bigbench:"):
             n, cands = table.get(name.split(":")[1], (0, 2.0))
             train, tune, test, heldout = n * (1 - 2 * f), n * f, n, n * f
-            shape = TASK_SHAPES["bigbench"]
+            shape, cands = measured.get(name) or measured.get("bigbench") or (TASK_SHAPES["bigbench"], cands)
         elif name in HUB_SPLITS:
-            (train, tune, test), cands, shape = HUB_SPLITS[name], len(TASKS[name].candidates), TASK_SHAPES[name]
+            (train, tune, test), cands = HUB_SPLITS[name], len(TASKS[name].candidates)
+            shape = measured[name][0] if name in measured else TASK_SHAPES[name]
             heldout = test
         else:
             raise PlanError(f"unknown task {name!r}; accepted: {', '.join(TABLE9_TASKS)}, bigbench, bigbench:<task>")
@@ -411,9 +441,10 @@ class Counter:
                  students=len(inits), tokens=tokens)
 
     def score(self, stage: str, notebook: str, models: Sequence[str], tasks: Sequence[TaskCount],
-              split: str = "test", cap: int | None = None, per_candidate: bool = True) -> None:
-        """``models`` (roles, students or specs) reading ``split`` of ``tasks``, cut to ``cap`` and, for models of
-        ``eval.large_model_min_params`` or more, to ``eval.large_model_max_examples``; every candidate is one
+              split: str = "test", cap: int | None = None, per_candidate: bool = True, every: bool = False) -> None:
+        """``models`` (roles, students or specs) reading ``split`` of ``tasks``, cut to ``cap``; without a cap (and
+        unless ``every``), models of ``eval.large_model_min_params`` or more are cut to
+        ``eval.large_model_max_examples``, as :func:`brdlib.evaluate.evaluate_model` cuts them; every candidate is one
         request (``per_candidate``; else one text per example: prompt and gold answer); the prompt is run once per
         example, each candidate's answer on its cached prompt (:meth:`TaskCount.tokens`)."""
         if not models or not tasks:
@@ -422,14 +453,15 @@ class Counter:
         flops = requests = tokens = 0.0
         for ref in models:
             n_params = self.params(ref)
-            large = ev.large_model_max_examples if n_params >= ev.large_model_min_params else None
+            large = (ev.large_model_max_examples if cap is None and not every and n_params >= ev.large_model_min_params
+                     else None)
             for t in tasks:
                 n = _cap(getattr(t, split), cap, large)
                 k = t.candidates if per_candidate else 1
                 requests += n * k
                 tokens += t.tokens(n, k)
                 flops += 2 * n_params * t.tokens(n, k)
-        self.uses(TASK_SHAPE_SOURCE)
+        self.uses(_shape_rate(bool(measured_shapes())))
         self.add(stage, notebook, "score", ", ".join(models), flops,
                  f"{len(models)} models x {len(tasks)} tasks ({split}): {_n(requests)} requests, {_n(tokens)} tokens",
                  requests=requests, tokens=tokens)
@@ -475,7 +507,7 @@ def _protocols(c: Counter) -> None:
                                                                                               strict=True))
     c.generate("teacher on the task inputs (BRD²)", "05", "teacher", sentences)
     train_tasks = [TaskCount(t.name, n, 0, 0, 0, t.candidates, t.shape) for n, t in zip(inputs, tasks, strict=True)]
-    c.score("teacher's pseudo-answers (TaskDistillation)", "05", ["teacher"], train_tasks, split="train")
+    c.score("teacher's pseudo-answers (TaskDistillation)", "05", ["teacher"], train_tasks, split="train", every=True)
     students = {**RELAXED_STUDENTS, **SUPERVISED_STUDENTS}
     c.train("protocol students (relaxed, supervised)", "05, 06", "task", ["student"] * len(students))
     if p.checkpoint_candidates > 1:

@@ -28,8 +28,10 @@ def _work(works, stage):
     return next(w for w in works if w.stage == stage)
 
 
-def test_tiny_counts_equal_hand_computation(tiny):
-    works, _ = plan.count_work(tiny)
+def test_tiny_counts_equal_hand_computation(tiny, monkeypatch, tmp_path):
+    monkeypatch.setattr(plan, "TASK_SHAPES_JSON", tmp_path / "absent.json")  # the assumed shapes (TASK_SHAPES)
+    works, rates = plan.count_work(tiny)
+    assert rates["task example shapes"].label == "assumed"
     # notebook 01: every sentence x every behaviour (tiny: 12 sentences, ner and qra)
     assert _work(works, "teacher on the corpus").counts["requests"] == 12 * 2
     assert _work(works, "teacher on the corpus").counts["generated_max"] == 12 * 2 * 16
@@ -50,7 +52,30 @@ def test_tiny_counts_equal_hand_computation(tiny):
         rows = {r["task"]: r for r in csv.DictReader(fh)}
     bb_candidates = sum((int(rows[t]["min_candidates"]) + int(rows[t]["max_candidates"])) / 2 for t in REDUCED_SET)
     expected = 4 * sum(len(TASKS[t].candidates) for t in table9) + 4 * bb_candidates
-    assert _work(works, "teacher's pseudo-answers (TaskDistillation)").counts["requests"] == pytest.approx(expected)
+    pseudo = _work(works, "teacher's pseudo-answers (TaskDistillation)")
+    assert pseudo.counts["requests"] == pytest.approx(expected)
+    # each example's prompt once, then every candidate's answer on it (brdlib.scoring)
+    shapes, bb = plan.TASK_SHAPES, plan.TASK_SHAPES["bigbench"]
+    tokens = sum(4 * (shapes[t].context_tokens + len(TASKS[t].candidates) * shapes[t].answer_tokens) for t in table9)
+    tokens += 4 * 5 * bb.context_tokens + 4 * bb_candidates * bb.answer_tokens
+    assert pseudo.counts["tokens"] == pytest.approx(tokens)
+    assert pseudo.flops == pytest.approx(2 * plan.TINY_PARAMS[0] * tokens)
+
+
+def test_measured_task_shapes_replace_the_assumed(tiny, monkeypatch, tmp_path):
+    row = {"n": 9, "prompt_tokens": 10.0, "answer_tokens": 1.5, "candidates": 3, "sentences": 2.5}
+    bb = {"n": 9, "prompt_tokens": 99.0, "answer_tokens": 5.0, "candidates": 4.5, "sentences": 3.0}
+    path = tmp_path / "task_shapes.json"
+    path.write_text(json.dumps({"tasks": {"xnli": row}, "bigbench_mean": bb}))
+    monkeypatch.setattr(plan, "TASK_SHAPES_JSON", path)
+    xnli, rte, winowhy = plan.task_counts(tiny, ["xnli", "rte", "bigbench:winowhy"])
+    assert (xnli.shape.context_tokens, xnli.shape.answer_tokens, xnli.shape.sentences) == (10.0, 1.5, 2.5)
+    assert rte.shape == plan.TASK_SHAPES["rte"]  # not measured: assumed
+    assert (winowhy.shape.context_tokens, winowhy.candidates) == (99.0, 4.5)  # BIG-bench mean
+    assert xnli.tokens(4) == 4 * (10.0 + 3 * 1.5)
+    _, rates = plan.count_work(tiny)
+    assert rates["task example shapes"].label == "measured"
+    assert rates["task example shapes"].source == "bench/results/task_shapes.json"
 
 
 def test_second_teacher_and_released_kd_students_are_counted(paper):
