@@ -3,7 +3,7 @@ N devices of a kind (``brd plan PROFILE --gpus N --gpu KIND``; notebook 00).
 
     from brdlib.plan import make_plan
     plan = make_plan(load_config("paper"), gpus=4, kind="a100")
-    plan.table()          # stage, notebook, model, work, FLOPs, rate (label, source), hours
+    plan.table()          # stage, notebook, kind, work, FLOPs, rate (value, label, source), hours
     print(plan.render())  # the same as text, with the total and every rate and assumption listed
 
 **Work** is counted from the profile (:class:`brdlib.config.Config`), as the notebooks run it, without loading a
@@ -11,7 +11,9 @@ model, the corpus or a task: teacher requests (``data.n_sentences`` x behaviours
 teacher's ``protocols.second_teacher_sentences`` for Table 6 in 04, the protocols' task inputs in 05) with their
 prompt and generated tokens; training tokens of every student (``max_steps x batch_size x max_length`` of its
 recipe, :meth:`Config.recipe`); scoring requests (examples x candidates) of every model each notebook scores.
-Split sizes are the hub datasets' (:data:`HUB_SPLITS`) and BIG-bench's selection file, cut by the profile's caps.
+Split sizes are the hub datasets' (:data:`HUB_SPLITS`) and BIG-bench's selection file, cut by the profile's caps;
+the prompt and answer tokens, candidates and input sentences of a task example are measured on the offline mirror
+(``python bench/task_shapes.py`` -> :data:`TASK_SHAPES_JSON`) where that file is present, else :data:`TASK_SHAPES`.
 
 **Time** is FLOPs over a rate: ``2·N·tokens`` for a forward pass (generation, scoring), ``6·N·tokens`` for a
 training step (``8·N`` with gradient checkpointing, which runs the forward pass twice; attention's own FLOPs are
@@ -487,6 +489,7 @@ def _blind(c: Counter) -> None:
         c.train("KD students (SKD, MiniLLM)", "04", "kd", list(kd.values()), teacher=cfg.kd.teacher)
     c.train("KD '+BRD' students (Table 4)", "04", "kd_brd", list(kd.values()))
     full = ["teacher", "student", "brd", "further", *[r for r in TABLE3_ROLES if r in extra], *kd.values()]
+    # the '+BRD' students (skd_brd, minillm_brd) are counted at their KD student's size
     others = [*ABLATION_STUDENTS, *kd.values(), *([] if cfg.kd.released else [cfg.kd.student])]
     if "second_teacher" in extra:
         n = min(cfg.protocols.second_teacher_sentences or cfg.data.n_sentences, cfg.data.n_sentences)
@@ -532,7 +535,7 @@ def _analyses(c: Counter) -> None:
     c.score("hidden states for the probes (Figure 4)", "08", ["student", "brd"], probed, per_candidate=False)
     full, fixed = cfg.recipes.brd.max_steps, cfg.recipes.ablation.max_steps
     fractions = data_size_fractions(cfg)
-    if a.data_size_steps == "epochs":
+    if a.data_size_steps == "epochs":  # steps: brd's x the share of passages (brdlib.data_size: of tokens)
         sizes = [f for f in fractions if f != 1]
         c.train("data-size students (Figure 2)", "09", "brd", ["student"] * len(sizes),
                 steps=[max(1, round(full * f)) for f in sizes])
