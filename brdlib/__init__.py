@@ -9,7 +9,8 @@ One module per job, on floors that import only downward (README "Layout"; ``test
 2. resources: ``embedded``, ``models``, ``corpus``, ``tasks``, ``bigbench``, ``prompts`` (the paper's templates,
    verbatim), ``backends``;
 3. stages: ``teacher``, ``assemble``, ``packing``, ``train`` (and ``kd``'s loss), ``scoring``, ``evaluate``;
-4. studies: ``blind``, ``protocols``, ``cross_entropy``, ``probing``, ``data_size``, ``paper_tables``;
+4. studies: ``blind``, ``protocols``, ``cross_entropy``, ``probing``, ``data_size``, ``paper_tables``, ``plan`` (the
+   cost of a profile before any run);
 5. commands: ``cli`` (every command), ``runner`` (the notebooks, in order).
 
 Importing ``brdlib`` imports none of them; notebooks import the modules they use (``from brdlib import blind``).
@@ -22,6 +23,6 @@ __all__ = [
     "store", "report", "results",
     "embedded", "models", "corpus", "tasks", "bigbench", "prompts", "backends",
     "teacher", "teacher_ray", "assemble", "packing", "train", "kd", "scoring", "evaluate",
-    "blind", "protocols", "cross_entropy", "probing", "data_size", "paper_tables",
+    "blind", "protocols", "cross_entropy", "probing", "data_size", "paper_tables", "plan",
     "cli", "runner",
 ]

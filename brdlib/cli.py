@@ -8,6 +8,7 @@
     brd kd PROFILE [--kind skd]                      # the KD baselines
     brd bigbench select|fetch                        # the BIG-bench selection file, the bigbench sdist
     brd report compare FIGURES_A FIGURES_B           # do two runs give the same tables?
+    brd-plan paper --gpus 4 --gpu a100               # the work and hours of every stage, before any run
 
 ``brd COMMAND ...`` and ``python -m brdlib.cli COMMAND ...`` are the same; each ``brd-*`` script is one command.
 Every command exits 0 on success and 2 on bad input, with a one-line ``error:`` naming what to change.
@@ -26,15 +27,15 @@ import yaml
 
 from brdlib import assemble as assemble_stage
 from brdlib import bigbench as bigbench_resource
-from brdlib import embedded, kd, runner, train
+from brdlib import embedded, kd, plan, runner, train
 from brdlib.config import RECIPES, Config, ConfigError, available_profiles, load_config
 from brdlib.records import KD_KINDS
 from brdlib.report import MEASURED_COLUMNS, compare_tables
 from brdlib.specs import EMBEDDED_MODELS, embedded_name
 
 __all__ = [
-    "COMMANDS", "assemble_main", "bigbench_main", "config_main", "kd_main", "main", "models_main", "report_main",
-    "run_main", "train_main",
+    "COMMANDS", "assemble_main", "bigbench_main", "config_main", "kd_main", "main", "models_main", "plan_main",
+    "report_main", "run_main", "train_main",
 ]
 
 BAD_INPUT = 2
@@ -263,9 +264,25 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     return 1 if diffs else 0
 
 
+def plan_main(argv: Sequence[str] | None = None) -> int:
+    """``brd-plan PROFILE [key=value ...] [--gpus N] [--gpu KIND]``: the work of every stage and its hours on N
+    devices of a kind, each rate labelled measured or assumed with its source (brdlib.plan)."""
+    parser = _stage_parser("brd plan", plan, "recipes.brd.max_steps=1000")
+    parser.add_argument("--gpus", type=int, default=1, help="devices, hours scale as 1/N (default 1)")
+    parser.add_argument("--gpu", default="a100", metavar="KIND",
+                        help=f"device kind: {', '.join(plan.DEVICE_KINDS)} (default a100, the paper's)")
+    args = parser.parse_args(argv)
+
+    def show(cfg: Config) -> int:
+        print(plan.make_plan(cfg, args.gpus, args.gpu).render())
+        return 0
+
+    return _on_profile(args, show)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "run": run_main, "config": config_main, "models": models_main, "assemble": assemble_main, "train": train_main,
-    "kd": kd_main, "bigbench": bigbench_main, "report": report_main,
+    "kd": kd_main, "bigbench": bigbench_main, "report": report_main, "plan": plan_main,
 }
 """``brd COMMAND``: the function each command runs."""
 

@@ -27,7 +27,7 @@ FLOORS: dict[str, int] = {
     # 3 stages: the teacher, assembly, training (and its KD loss), scoring and evaluation
     "teacher": 3, "teacher_ray": 3, "assemble": 3, "packing": 3, "train": 3, "kd": 3, "scoring": 3, "evaluate": 3,
     # 4 studies: one module per study of the paper
-    "blind": 4, "protocols": 4, "cross_entropy": 4, "probing": 4, "data_size": 4, "paper_tables": 4,
+    "blind": 4, "protocols": 4, "cross_entropy": 4, "probing": 4, "data_size": 4, "paper_tables": 4, "plan": 4,
     # 5 the commands
     "cli": 5, "runner": 5,
 }
