@@ -156,3 +156,21 @@ def test_on_the_real_mirror_lm_eval_reads_brds_prompts_candidates_and_gold():
             assert task.doc_to_text(docs[i]) == examples[i].prompt
             assert task.doc_to_choice(docs[i]) == list(examples[i].candidates)
             assert task.doc_to_target(docs[i]) == examples[i].gold
+
+
+def test_on_a_tie_lm_eval_takes_the_first_candidate_as_brds_tie_break_first():
+    """lm-eval's own process_results on tied log-likelihoods (common in bfloat16): acc scores the first candidate, as
+    brd's predict(..., tie_break='first'); brd's tables' 'random' draws among the tied ones instead."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness (extra dev) is not installed")
+    from lm_eval.tasks import TaskManager
+
+    from brdlib.scoring import CandidateScore, predict
+
+    manager = TaskManager(include_path=str(TASKS_DIR.parent), include_defaults=False, metadata={"brd_profile": PROFILE})
+    task = manager.load([harness_task("cb")])["tasks"][harness_task("cb")]
+    docs = task.test_docs()
+    assert {d["gold"] for d in docs} == {0, 1, 2}
+    for doc in docs:
+        tied = [CandidateScore(-2.0, 1)] * 3
+        lm_eval_acc = task.process_results(doc, [(-2.0, False)] * 3)["acc"]
+        assert lm_eval_acc == float(predict(tied, "sum", "first") == doc["gold"]) == float(doc["gold"] == 0)
