@@ -7,7 +7,7 @@ One module per job, on floors that import only downward (README "Layout"; ``test
 1. store: ``store`` (every path under ``data/<profile>/``, atomic writes, ``resolve_model``, ``ensure``),
    ``report`` (tables, figures, the paper's numbers), ``results`` (tidy long-form results);
 2. resources: ``embedded``, ``models``, ``corpus``, ``tasks``, ``bigbench``, ``prompts`` (the paper's templates,
-   verbatim), ``backends``;
+   verbatim), ``backends``, ``harness`` (the Table 9 tasks as an lm-evaluation-harness group);
 3. stages: ``teacher``, ``assemble``, ``packing``, ``train`` (and ``kd``'s loss), ``scoring``, ``evaluate``;
 4. studies: ``blind``, ``protocols``, ``cross_entropy``, ``probing``, ``data_size``, ``paper_tables``, ``plan`` (the
    cost of a profile before any run);
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "records", "specs", "config",
     "store", "report", "results",
-    "embedded", "models", "corpus", "tasks", "bigbench", "prompts", "backends",
+    "embedded", "models", "corpus", "tasks", "bigbench", "prompts", "backends", "harness",
     "teacher", "teacher_ray", "assemble", "packing", "train", "kd", "scoring", "evaluate",
     "blind", "protocols", "cross_entropy", "probing", "data_size", "paper_tables", "plan",
     "cli", "runner",

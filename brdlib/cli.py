@@ -9,6 +9,7 @@
     brd bigbench select|fetch                        # the BIG-bench selection file, the bigbench sdist
     brd report compare FIGURES_A FIGURES_B           # do two runs give the same tables?
     brd-plan paper --gpus 4 --gpu a100               # the work and hours of every stage, before any run
+    brd lm-eval-tasks [--check]                      # lm_eval_tasks/brd_table9, the Table 9 tasks for lm-eval
 
 ``brd COMMAND ...`` and ``python -m brdlib.cli COMMAND ...`` are the same; each ``brd-*`` script is one command.
 Every command exits 0 on success and 2 on bad input, with a one-line ``error:`` naming what to change.
@@ -27,15 +28,15 @@ import yaml
 
 from brdlib import assemble as assemble_stage
 from brdlib import bigbench as bigbench_resource
-from brdlib import embedded, kd, plan, runner, train
+from brdlib import embedded, harness, kd, plan, runner, train
 from brdlib.config import RECIPES, Config, ConfigError, available_profiles, load_config
 from brdlib.records import KD_KINDS
 from brdlib.report import MEASURED_COLUMNS, compare_tables
 from brdlib.specs import EMBEDDED_MODELS, embedded_name
 
 __all__ = [
-    "COMMANDS", "assemble_main", "bigbench_main", "config_main", "kd_main", "main", "models_main", "plan_main",
-    "report_main", "run_main", "train_main",
+    "COMMANDS", "assemble_main", "bigbench_main", "config_main", "kd_main", "lm_eval_tasks_main", "main",
+    "models_main", "plan_main", "report_main", "run_main", "train_main",
 ]
 
 BAD_INPUT = 2
@@ -280,9 +281,28 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
     return _on_profile(args, show)
 
 
+def lm_eval_tasks_main(argv: Sequence[str] | None = None) -> int:
+    """``brd lm-eval-tasks [--out DIR] [--check]``: write the paper's Table 9 tasks for lm-evaluation-harness from
+    brdlib.tasks (default: the repository's lm_eval_tasks/brd_table9); ``--check`` only compares (exit 1 if stale)."""
+    parser = argparse.ArgumentParser(prog="brd lm-eval-tasks", description=lm_eval_tasks_main.__doc__)
+    parser.add_argument("--out", type=Path, default=harness.TASKS_DIR, help="the task group's folder")
+    parser.add_argument("--check", action="store_true", help="compare the folder with what would be written")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = harness.check_task_files(args.out)
+        print(f"{args.out}: " + (f"differs from brdlib.tasks in {', '.join(stale)}; run `brd lm-eval-tasks`" if stale
+                                 else "as brdlib.tasks writes it"))
+        return 1 if stale else 0
+    written = harness.write_task_files(args.out)
+    print(f"{args.out}: wrote {len(written)} files; run: lm_eval --model hf --model_args pretrained=DIR "
+          f"--include_path {args.out.parent} --tasks {harness.GROUP} --device cpu")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "run": run_main, "config": config_main, "models": models_main, "assemble": assemble_main, "train": train_main,
     "kd": kd_main, "bigbench": bigbench_main, "report": report_main, "plan": plan_main,
+    "lm-eval-tasks": lm_eval_tasks_main,
 }
 """``brd COMMAND``: the function each command runs."""
 

@@ -107,6 +107,7 @@ class Example:
     target_delimiter: str = " "  # put between the prompt and a candidate
     label: str = ""  # the gold label in the source's own schema, e.g. "entailment"
     scores: tuple[float, ...] | None = None  # BIG-bench target_scores (several answers may score 1)
+    fields: tuple[tuple[str, str], ...] = ()  # Table 9 tasks: the template's fields as the source gave them
 
     @property
     def continuations(self) -> tuple[str, ...]:
@@ -553,6 +554,7 @@ def _examples_from_pool(task: str, pool: Pool) -> list[Example]:
                 source=pool.source,
                 text="\n".join(rec.fields[f].strip() for f in spec.fields),
                 label=rec.label,
+                fields=tuple((f, rec.fields[f]) for f in spec.fields),
             )
         )
     return out

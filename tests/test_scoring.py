@@ -315,12 +315,20 @@ def test_ties_are_broken_by_a_seeded_hash_not_by_position():
         predict(tied, "mean", tie_break="last")
 
 
+def hflm_loglikelihoods(lm, groups) -> list[float]:
+    """lm-eval's ``HFLM.loglikelihood`` of every (prompt, candidate) of ``groups``, flattened in order (the requests a
+    multiple-choice task builds: ``Instance("loglikelihood", doc, (context, continuation), index)``)."""
+    from lm_eval.api.instance import Instance
+
+    requests = [Instance("loglikelihood", {}, (p, c), i) for i, (p, cs) in enumerate(groups) for c in cs]
+    return [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+
+
 def test_the_reading_equals_lm_evaluation_harness():
     """lm-eval's own HFLM.loglikelihood (the bench extra) on the same requests: the tokenizer's start token and the
     left truncation agree with ours to float precision. (An empty context differs on purpose: lm-eval conditions it on
     BOS, ours on the start tokens training puts there; see brdlib.scoring's docstring.)"""
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness (extra dev) is not installed")
-    from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     tok = _template_tokenizer("</s> $A")
@@ -328,8 +336,7 @@ def test_the_reading_equals_lm_evaluation_harness():
     long_groups = [(LONG_PROMPT, [" True", " False", " True, and more words than one"]), ("Short:", [" a", " b"])]
     for model, tokenizer, groups in [(_tiny_xglm(tok), tok, XGLM_GROUPS), (gpt2, gpt2_tok, long_groups)]:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, device="cpu")
-        requests = [Instance("loglikelihood", {}, (p, c), i) for i, (p, cs) in enumerate(groups) for c in cs]
-        theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+        theirs = hflm_loglikelihoods(lm, groups)
         ours = [s.sum_logprob for row in score_candidates(model, tokenizer, groups) for s in row]
         assert ours == pytest.approx(theirs, abs=1e-4)
 
