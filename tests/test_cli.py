@@ -10,9 +10,9 @@ from brdlib.config import REPO_ROOT
 
 
 def test_every_command_is_reachable_from_brd(capsys):
-    assert set(cli.COMMANDS) == {"run", "config", "models", "assemble", "train", "kd", "bigbench", "report"}
+    assert set(cli.COMMANDS) == {"run", "config", "models", "assemble", "train", "kd", "bigbench", "report", "lab"}
     assert cli.main(["nope"]) == 2
-    assert "unknown command 'nope'; accepted: run, config, models, assemble, train, kd, bigbench, report" in \
+    assert "unknown command 'nope'; accepted: run, config, models, assemble, train, kd, bigbench, report, lab" in \
         capsys.readouterr().err
     assert cli.main(["config", "tiny", "recipes.brd.max_steps=4"]) == 0
     assert "max_steps: 4" in capsys.readouterr().out
