@@ -23,7 +23,7 @@ import numpy as np
 from brdlib.assemble import size_variant_name
 from brdlib.config import Config
 from brdlib.evaluate import TABLE_AVERAGE, TABLE_TASKS, evaluate_model, save_predictions
-from brdlib.report import CHANCE_GID, INTERVAL_NOTE, n_label, paper_table
+from brdlib.report import AVERAGE_NOTE, CHANCE_GID, INTERVAL_NOTE, n_label, paper_table
 from brdlib.store import ensure, load_card
 from brdlib.train import train_student
 
@@ -174,6 +174,6 @@ def data_size_figure(curve: pd.DataFrame, x: Literal["passages", "tokens"] = "pa
         ax.set_ylabel("accuracy (%)")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.suptitle(textwrap.fill(f"{title + '; ' if title else ''}{INTERVAL_NOTE}", 150), fontsize=10)
+    fig.suptitle(textwrap.fill(f"{title + '; ' if title else ''}{INTERVAL_NOTE}; {AVERAGE_NOTE}", 150), fontsize=10)
     fig.tight_layout()
     return fig

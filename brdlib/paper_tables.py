@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brdlib.config import Config
-from brdlib.report import INTERVAL_NOTE, accuracy_bars, paper_table
+from brdlib.report import AVERAGE_NOTE, INTERVAL_NOTE, accuracy_bars, paper_table
 from brdlib.results import TEST_ORDER, load_results
 
 if TYPE_CHECKING:
@@ -282,8 +282,9 @@ def table3_figure(cfg: Config) -> object:
     axes[0][-1].legend(legend.values(), legend.keys(), title="source", loc="upper left",
                        bbox_to_anchor=(1.01, 1))  # off the bars
     axes[0][0].set_ylabel("average accuracy (%)")
-    fig.suptitle(textwrap.fill(f"Table 3 averages: ours ({cfg.scale_note}) and the paper's; {INTERVAL_NOTE}; "
-                               "n (examples over the row's tasks) under each row", 120), y=1.04, fontsize=10)
+    head = f"Table 3 averages: ours ({cfg.scale_note}) and the paper's"
+    fig.suptitle(textwrap.fill(f"{head}; {INTERVAL_NOTE}; {AVERAGE_NOTE}; n (examples over the row's tasks) under "
+                               "each row", 120), y=1.04, fontsize=10)
     fig.tight_layout()
     return fig
 

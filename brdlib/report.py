@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from brdlib.config import Config
 
 __all__ = [
-    "CHANCE_GID", "FIGURE_CLAIM_COLUMNS", "INTERVAL_NOTE", "MEASURED_COLUMNS", "PAPER_REFERENCE_DIR",
+    "AVERAGE_NOTE", "CHANCE_GID", "FIGURE_CLAIM_COLUMNS", "INTERVAL_NOTE", "MEASURED_COLUMNS", "PAPER_REFERENCE_DIR",
     "PAPER_TABLE_COLUMNS", "accuracy_bars", "available_paper_tables", "n_label", "compare_tables",
     "compare_with_paper", "latex_escape", "model_size_figure", "paper_rows", "paper_table", "save_figure",
     "save_table", "set_style", "side_by_side", "side_by_side_figure", "with_average",
@@ -38,9 +38,10 @@ FIGURE_CLAIM_COLUMNS: tuple[str, ...] = ("figure", "section", "quantity", "value
 
 CHANCE_GID = "chance"
 """``gid`` of the chance-level lines every accuracy figure draws (what tests look for)."""
-INTERVAL_NOTE = ("bars/points of ours: 95% bootstrap intervals over examples (an average: examples resampled within "
-                 "each task); dashed: chance (mean 1/candidates)")
+INTERVAL_NOTE = "bars/points of ours: 95% bootstrap intervals over examples; dashed: chance (mean 1/candidates)"
 """How the accuracy figures' intervals and chance lines are made, for their titles."""
+AVERAGE_NOTE = "an average's interval: examples resampled within each task"
+"""How an average's interval is made (:func:`brdlib.evaluate.bootstrap_ci_of_task_mean`), for figure titles."""
 
 MEASURED_COLUMNS: frozenset[str] = frozenset({"seconds", "sentences/s", "tokens/s", "MFU", "load_s", "generate_s"})
 """Columns that time the machine, not the method (model loading, teacher and training speed): they differ between
@@ -408,7 +409,8 @@ def side_by_side_figure(ours: pd.DataFrame, paper: pd.DataFrame, profile: str, *
     legend = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels(),
                                                                           strict=True)}
     fig.legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8)
-    fig.suptitle(textwrap.fill(f"{title + '; ' if title else ''}{INTERVAL_NOTE}; n per task under its name", 110),
-                 y=1.0, fontsize=10)
+    head = f"{title}; " if title else ""
+    fig.suptitle(textwrap.fill(f"{head}{INTERVAL_NOTE}; {AVERAGE_NOTE}; n per task under its name", 110), y=1.0,
+                 fontsize=10)
     fig.tight_layout()
     return fig
