@@ -217,8 +217,8 @@ def publish_notebook(executed: Path, folder: Path, runs_note: str = "runs/") -> 
     colours), tables (HTML up to :data:`MAX_HTML_CHARS`, else their text form). Left out: widget state and views,
     SVG/JPEG/JavaScript copies, papermill's per-cell timings and paths, execution metadata. Printed output over
     :data:`MAX_STREAM_LINES` lines (:data:`MAX_STDERR_LINES` on stderr) is cut in the middle, progress bars' carriage
-    returns resolved first, naming ``runs_note`` for the full text; the repository's path and the home folder in
-    outputs become ``.`` and ``~``."""
+    returns resolved first, naming ``runs_note`` for the full text; the repository's path, its parent's and the home
+    folder in outputs become ``.``, ``..`` and ``~``."""
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
@@ -271,8 +271,11 @@ def _smaller_png(encoded: str, colours: int = PNG_COLOURS) -> str:
 
 
 def _clean_text(text: str) -> str:
-    """Machine paths out of an output's text: the repository root as '.', the home folder as '~'."""
+    """Machine paths out of an output's text: the repository root as '.', its parent folder (where the data mirror
+    sits) as '..', the home folder as '~'."""
     text = text.replace(str(REPO_ROOT) + "/", "./").replace(str(REPO_ROOT), ".")
+    if REPO_ROOT.parent != Path(REPO_ROOT.anchor):
+        text = text.replace(str(REPO_ROOT.parent) + "/", "../")
     return text.replace(str(Path.home()) + "/", "~/")
 
 

@@ -202,7 +202,8 @@ def test_published_notebook_keeps_results_and_drops_the_bulk(tmp_path):
                                 "duration": 3.2}
     long_text = "".join(f"line {i}\n" for i in range(200)) + "progress 10%\rprogress 100%\n"
     cell = nbformat.v4.new_code_cell("run()", outputs=[
-        nbformat.v4.new_output("stream", name="stdout", text=f"outputs: {REPO_ROOT}/data/tiny\n" + long_text[:50]),
+        nbformat.v4.new_output("stream", name="stdout", text=f"outputs: {REPO_ROOT}/data/tiny\nmirror: "
+                               f"{REPO_ROOT.parent}/shared/data\n" + long_text[:50]),
         nbformat.v4.new_output("stream", name="stdout", text=long_text[50:]),  # one text, as the reader sees it
         nbformat.v4.new_output("display_data", data={"image/png": png, "image/svg+xml": "<svg/>",
                                                      "text/plain": "<Figure>"}),
@@ -225,7 +226,7 @@ def test_published_notebook_keeps_results_and_drops_the_bulk(tmp_path):
     c = back.cells[0]
     assert "papermill" not in c.metadata and "execution" not in c.metadata
     stream, figure, widget, table = c.outputs
-    assert stream["text"].startswith("outputs: ./data/tiny\n") and str(REPO_ROOT) not in stream["text"]
+    assert stream["text"].startswith("outputs: ./data/tiny\nmirror: ../shared/data\n")
     lines = stream["text"].split("\n")
     assert len(lines) == runner.MAX_STREAM_LINES + 1 and "runs/tiny/05_x.ipynb" in lines[runner.MAX_STREAM_LINES // 2]
     assert "progress 100%" in lines and not any("\r" in ln for ln in lines)
