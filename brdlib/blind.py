@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brdlib.assemble import assemble_all, assemble_variant, teacher_behaviours
 from brdlib.corpus import load_passages
-from brdlib.evaluate import evaluate_models, paired_difference
+from brdlib.evaluate import accuracy_table, evaluate_models, paired_difference
 from brdlib.kd import ensure_kd_students
-from brdlib.report import paper_table
+from brdlib.report import CHANCE_GID, INTERVAL_NOTE, n_label, paper_table
 from brdlib.store import ensure, load_card, load_summary, student_dir
 from brdlib.tasks import task_names
 from brdlib.train import NAMED_STUDENTS, train_student
@@ -251,6 +252,14 @@ def bigbench_per_task(cfg: Config, predictions: pd.DataFrame, role: str = "brd",
     if bb.empty:
         raise BlindError(f"no BIG-bench predictions for {role!r}/{baseline!r}; the profile's tasks: {cfg.data.tasks}")
     diff = paired_difference(cfg, bb, role, baseline)
+    keys = ["task", "example_id"]
+    both = bb[bb["role"] == role][keys].merge(bb[bb["role"] == baseline][keys], on=keys)
+    paired = bb.merge(both, on=keys)[lambda d: d["role"].isin([role, baseline])]
+    acc = accuracy_table(cfg, paired, bigbench_average=False, table_average=False).set_index(["role", "task"])
+    for who in (role, baseline):
+        for bound in ("ci_low", "ci_high"):
+            diff[f"{who} {bound}"] = [acc[bound].get((who, t), float("nan")) for t in diff["task"]]
+    diff["chance"] = [acc["chance"].get((role, t), float("nan")) for t in diff["task"]]
     diff["task"] = diff["task"].str.removeprefix("bigbench:")
     return diff.sort_values(["delta", "task"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
@@ -294,19 +303,32 @@ def bigbench_claims(per_task: pd.DataFrame) -> pd.DataFrame:
 
 def bigbench_figure(per_task: pd.DataFrame, role: str = "brd", baseline: str = "student_base",
                     title: str = "") -> Figure:
-    """Figure 3 as paired dots per BIG-bench task: ``baseline`` and ``role`` accuracy joined by a line coloured by
-    the outcome (better/worse/tied), tasks sorted by the difference; the title counts the tasks improved."""
+    """Figure 3 as paired dots per BIG-bench task: ``baseline`` and ``role`` accuracy, each with its 95% interval
+    where ``per_task`` has it (:func:`bigbench_per_task`), joined by a line coloured by the outcome
+    (better/worse/tied), the task's chance level (1/candidates) as a dashed tick, tasks sorted by the difference;
+    the title counts the tasks improved, each label gives the task's n."""
     import matplotlib.pyplot as plt
+    import numpy as np
     import seaborn as sns
 
     palette = sns.color_palette("colorblind")
     colours = {"better": palette[2], "tied": (0.6, 0.6, 0.6), "worse": palette[3]}
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(per_task)))
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.36 * len(per_task)))
+    ys = np.arange(len(per_task), dtype=float)
     for y, (a, b, outcome) in enumerate(zip(per_task[role], per_task[baseline], per_task["outcome"], strict=True)):
-        ax.plot([b, a], [y, y], color=colours[outcome], lw=2, zorder=1)
-    ax.scatter(per_task[baseline], range(len(per_task)), marker="o", facecolors="white", edgecolors="black",
-               zorder=2, label=baseline)
-    ax.scatter(per_task[role], range(len(per_task)), marker="D", color="black", zorder=3, label=role)
+        ax.plot([b, a], [y + 0.15, y - 0.15], color=colours[outcome], lw=2, zorder=1)
+    for who, shift, style in ((baseline, 0.15, {"marker": "o", "mfc": "white", "mec": "black"}),
+                              (role, -0.15, {"marker": "D", "mfc": "black", "mec": "black"})):
+        err = None
+        if f"{who} ci_low" in per_task.columns:
+            err = np.nan_to_num(np.vstack([per_task[who] - per_task[f"{who} ci_low"],
+                                           per_task[f"{who} ci_high"] - per_task[who]]))
+        ax.errorbar(per_task[who], ys + shift, xerr=err, fmt="none", ecolor="black", elinewidth=0.8, capsize=2,
+                    zorder=2)
+        ax.plot(per_task[who], ys + shift, ls="none", color="black", zorder=3, label=who, **style)
+    if "chance" in per_task.columns and per_task["chance"].notna().any():
+        ax.vlines(per_task["chance"], ys - 0.4, ys + 0.4, colors="black", linestyles="--", lw=1, gid=CHANCE_GID,
+                  label="chance")
     for outcome, colour in colours.items():
         ax.plot([], [], color=colour, lw=2, label=f"{outcome} ({int((per_task['outcome'] == outcome).sum())})")
     labels = [f"{t} (n={n})" for t, n in zip(per_task["task"], per_task["n"], strict=True)]
@@ -315,6 +337,7 @@ def bigbench_figure(per_task: pd.DataFrame, role: str = "brd", baseline: str = "
     ax.set_xlabel("accuracy (%)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     better = int((per_task["outcome"] == "better").sum())
-    ax.set_title(title or f"BIG-bench per task: {role} vs {baseline}; {role} better on {better} of {len(per_task)}",
-                 fontsize=10)
+    head = title or f"BIG-bench per task: {role} vs {baseline}; {role} better on {better} of {len(per_task)}"
+    ax.set_title(textwrap.fill(f"{head}; {n_label(per_task['n'].tolist())} per task; {INTERVAL_NOTE}", 90),
+                 fontsize=9)
     return fig

@@ -10,6 +10,7 @@
     brd report compare FIGURES_A FIGURES_B           # do two runs give the same tables?
     brd-plan paper --gpus 4 --gpu a100               # the work and hours of every stage, before any run
     brd lm-eval-tasks [--check]                      # lm_eval_tasks/brd_table9, the Table 9 tasks for lm-eval
+    brd lab [PROFILE] [jupyter lab options]          # JupyterLab on the notebooks (./lab.sh)
 
 ``brd COMMAND ...`` and ``python -m brdlib.cli COMMAND ...`` are the same; each ``brd-*`` script is one command.
 Every command exits 0 on success and 2 on bad input, with a one-line ``error:`` naming what to change.
@@ -18,7 +19,9 @@ Every command exits 0 on success and 2 on bad input, with a one-line ``error:`` 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,14 +32,14 @@ import yaml
 from brdlib import assemble as assemble_stage
 from brdlib import bigbench as bigbench_resource
 from brdlib import embedded, harness, kd, plan, runner, train
-from brdlib.config import RECIPES, Config, ConfigError, available_profiles, load_config
+from brdlib.config import RECIPES, REPO_ROOT, Config, ConfigError, available_profiles, load_config
 from brdlib.records import KD_KINDS
 from brdlib.report import MEASURED_COLUMNS, compare_tables
 from brdlib.specs import EMBEDDED_MODELS, embedded_name
 
 __all__ = [
-    "COMMANDS", "assemble_main", "bigbench_main", "config_main", "kd_main", "lm_eval_tasks_main", "main",
-    "models_main", "plan_main", "report_main", "run_main", "train_main",
+    "COMMANDS", "assemble_main", "bigbench_main", "config_main", "kd_main", "lab_command", "lab_main",
+    "lm_eval_tasks_main", "main", "models_main", "plan_main", "report_main", "run_main", "train_main",
 ]
 
 BAD_INPUT = 2
@@ -99,6 +102,45 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return _error(err)
     return 0 if results and all(r.ok for r in results) else 1
+
+
+def lab_command(profile: str = "smoke", options: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that open the study in JupyterLab on ``profile``: the server at the repository
+    root showing notebooks/, this interpreter's kernel (``python3``: brdlib importable; kernels start in the
+    notebook's folder, as papermill runs them), ``BRD_PROFILE`` for the notebooks' parameters cells (a profile
+    path made absolute) and, off the paper profile, ``HF_HUB_OFFLINE=1`` as ``run_all.sh`` sets it. A bad profile
+    raises :class:`ConfigError`."""
+    load_config(profile)  # fail here, not in the first notebook
+    if Path(profile).is_file():
+        profile = str(Path(profile).resolve())
+    env = {**os.environ, "BRD_PROFILE": profile}
+    if profile != "paper":
+        env.setdefault("HF_HUB_OFFLINE", "1")
+    command = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={REPO_ROOT}",
+               "--ServerApp.default_url=/lab/tree/notebooks", *options]
+    return command, env
+
+
+def lab_main(argv: Sequence[str] | None = None) -> int:
+    """``brd lab [PROFILE] [jupyter lab options ...]``: JupyterLab on the study's notebooks, on PROFILE (default
+    smoke); ``./lab.sh`` installs the 'notebook' extra first and runs this. Options go to ``jupyter lab``
+    (``--port 8899``, ``--no-browser``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in {"-h", "--help"}:
+        print(lab_main.__doc__)
+        return 0
+    profile = args.pop(0) if args and not args[0].startswith("-") else "smoke"
+    if importlib.util.find_spec("jupyterlab") is None:
+        return _error(RuntimeError(f"JupyterLab is not installed for {sys.executable}: run ./lab.sh (it installs "
+                                   "the project's 'notebook' extra) or pip install -e '.[notebook]'"))
+    try:
+        command, env = lab_command(profile, args)
+    except ConfigError as err:
+        return _error(err)
+    print(f"brd: JupyterLab on profile {env['BRD_PROFILE']} (each notebook's parameters cell reads BRD_PROFILE)",
+          flush=True)
+    os.execve(sys.executable, command, env)
+    return 0  # not reached: execve replaces this process
 
 
 def _model_names(args: argparse.Namespace) -> list[str]:
@@ -302,7 +344,7 @@ def lm_eval_tasks_main(argv: Sequence[str] | None = None) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "run": run_main, "config": config_main, "models": models_main, "assemble": assemble_main, "train": train_main,
     "kd": kd_main, "bigbench": bigbench_main, "report": report_main, "plan": plan_main,
-    "lm-eval-tasks": lm_eval_tasks_main,
+    "lm-eval-tasks": lm_eval_tasks_main, "lab": lab_main,
 }
 """``brd COMMAND``: the function each command runs."""
 

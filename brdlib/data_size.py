@@ -22,8 +22,8 @@ import numpy as np
 
 from brdlib.assemble import size_variant_name
 from brdlib.config import Config
-from brdlib.evaluate import TABLE_TASKS, evaluate_model, save_predictions
-from brdlib.report import paper_table
+from brdlib.evaluate import TABLE_AVERAGE, TABLE_TASKS, evaluate_model, save_predictions
+from brdlib.report import AVERAGE_NOTE, CHANCE_GID, INTERVAL_NOTE, n_label, paper_table
 from brdlib.store import ensure, load_card
 from brdlib.train import train_student
 
@@ -110,7 +110,7 @@ def data_size_frame(plan: pd.DataFrame, accuracy: pd.DataFrame, base_role: str =
     acc = accuracy.rename(columns={"role": "student"})
     merged = size.merge(acc, on="student", how="inner")
     tasks = [t for t in TABLE_TASKS if t in set(merged["task"])]
-    if len(tasks) == len(TABLE_TASKS):
+    if len(tasks) == len(TABLE_TASKS) and not (merged["task"] == TABLE_AVERAGE).any():  # accuracy_table's has its CI
         avg = merged[merged["task"].isin(tasks)].groupby(["student", "fraction", "passages", "tokens", "steps"],
                                                           as_index=False, sort=False)["value"].mean()
         merged = pd.concat([merged, avg.assign(task="average")], ignore_index=True)
@@ -152,7 +152,8 @@ def data_size_claims(curve: pd.DataFrame) -> pd.DataFrame:
 
 def data_size_figure(curve: pd.DataFrame, x: Literal["passages", "tokens"] = "passages", title: str = "") -> Figure:
     """As the paper's Figure 2: accuracy (%) against the BRD data size, one panel per task (the paper's columns and
-    the average), 95% intervals as error bars; the base student is the point at 0."""
+    the average), 95% intervals as error bars (the average's: examples resampled within each task), the chance
+    level dashed, n in each panel's title; the base student is the point at 0."""
     import matplotlib.pyplot as plt
 
     tasks = [t for t in [*TABLE_TASKS, "average"] if t in set(curve["task"])]
@@ -165,12 +166,14 @@ def data_size_figure(curve: pd.DataFrame, x: Literal["passages", "tokens"] = "pa
         if "ci_low" in part.columns and part["ci_low"].notna().any():
             err = np.nan_to_num(np.vstack([part["value"] - part["ci_low"], part["ci_high"] - part["value"]]))
         ax.errorbar(part[x], part["value"], yerr=err, marker="o", capsize=3)
-        ax.set_title(task, fontsize=10)
+        if "chance" in part.columns and part["chance"].notna().any():
+            ax.axhline(float(part["chance"].mean()), ls="--", color="black", lw=1, label="chance", gid=CHANCE_GID)
+        n = n_label(part["n"].tolist()) if "n" in part.columns else ""
+        ax.set_title(f"{task} ({n})" if n else task, fontsize=10)
         ax.set_xlabel(f"BRD {x}")
         ax.set_ylabel("accuracy (%)")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    if title:
-        fig.suptitle(textwrap.fill(title, 150), fontsize=10)
+    fig.suptitle(textwrap.fill(f"{title + '; ' if title else ''}{INTERVAL_NOTE}; {AVERAGE_NOTE}", 150), fontsize=10)
     fig.tight_layout()
     return fig

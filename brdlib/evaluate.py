@@ -30,9 +30,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "BIGBENCH_AVG", "TABLE_TASKS", "EvaluateError", "accuracy_table", "bootstrap_ci", "bootstrap_ci_of_task_mean",
-    "caption", "evaluate_model", "evaluate_models", "is_large", "load_predictions", "load_task_examples",
-    "paired_difference", "paper_columns", "predictions_frame", "readings", "results_table", "save_predictions",
+    "BIGBENCH_AVG", "TABLE_AVERAGE", "TABLE_TASKS", "EvaluateError", "accuracy_table", "bootstrap_ci",
+    "bootstrap_ci_of_task_mean", "caption", "table_average_weights", "evaluate_model", "evaluate_models",
+    "is_large", "load_predictions", "load_task_examples", "paired_difference", "paper_columns", "predictions_frame",
+    "readings", "results_table", "save_predictions",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ BIGBENCH_AVG = "bigbench_avg"
 """Task name of the BIG-bench average (the paper's BIG-bench-Avg column), as in ``brdlib/paper_reference``."""
 TABLE_TASKS = ("xnli", "rte", "cb", "pawsx", "boolq", "sst2", BIGBENCH_AVG)
 """The paper's columns of Table 3, in its order; the paper's Average is their plain mean."""
+TABLE_AVERAGE = "average"
+"""Task name of the Average over :data:`TABLE_TASKS` (the paper's Table 3 Average column)."""
 
 
 class EvaluateError(ValueError):
@@ -224,16 +227,64 @@ def bootstrap_ci(correct: Sequence[bool] | np.ndarray, samples: int = 1000, conf
 
 
 def bootstrap_ci_of_task_mean(groups: Sequence[np.ndarray], samples: int = 1000, confidence: float = 0.95,
-                              seed: int = 0) -> tuple[float, float]:
-    """Interval of a mean of per-task accuracies (BIG-bench-Avg): examples resampled within each task."""
+                              seed: int = 0, weights: Sequence[float] | None = None) -> tuple[float, float]:
+    """Interval of a mean of per-task accuracies (BIG-bench-Avg; with ``weights``, a weighted mean such as Table 3's
+    Average, where each BIG-bench task weighs 1/7 of 1/K): in every bootstrap sample each task's examples are
+    resampled on their own, so the tasks' sampling errors combine as independent ones (averaging the tasks' own
+    interval bounds would not: it overstates the width)."""
     if not groups:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     per_task = np.stack([np.asarray(g, dtype=float)[rng.integers(0, len(g), size=(samples, len(g)))].mean(axis=1)
                          for g in groups])
-    means = per_task.mean(axis=0)
+    if weights is None:
+        means = per_task.mean(axis=0)
+    else:
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (len(groups),) or not np.isclose(w.sum(), 1.0) or (w < 0).any():
+            raise EvaluateError(f"weights must be {len(groups)} non-negative numbers summing to 1; got {list(w)}")
+        means = w @ per_task
     alpha = (1 - confidence) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def table_average_weights(tasks: Sequence[str]) -> dict[str, float] | None:
+    """Each task's weight in Table 3's Average (:data:`TABLE_TASKS`' plain mean, BIG-bench-Avg itself the mean of
+    its tasks): 1/7 for each of the six tasks and 1/(7K) for each of K BIG-bench tasks; None when ``tasks`` lacks a
+    column of it."""
+    bigbench = [t for t in tasks if t.startswith("bigbench:")]
+    single = [t for t in TABLE_TASKS if t != BIGBENCH_AVG]
+    if any(t not in tasks for t in single) or not bigbench:
+        return None
+    share = 1 / len(TABLE_TASKS)
+    return {**{t: share for t in single}, **{t: share / len(bigbench) for t in bigbench}}
+
+
+def _chance(frame: pd.DataFrame) -> float:
+    """Chance accuracy (%) of ``frame``'s examples: the mean of 1/candidates (NaN without ``n_candidates``)."""
+    if "n_candidates" not in frame.columns or not len(frame):
+        return float("nan")
+    return float(100 * np.mean(1 / frame["n_candidates"].to_numpy(dtype=float)))
+
+
+def _table_average_row(cfg: Config, role: str, by_task: Mapping[str, np.ndarray], chance: Mapping[str, float],
+                       rows: Sequence[dict]) -> dict | None:
+    """Table 3's Average of one role (:func:`table_average_weights`), its interval by resampling examples within
+    each task (:func:`bootstrap_ci_of_task_mean` with the weights); None when the role lacks a column."""
+    weights = table_average_weights(list(by_task))
+    if weights is None:
+        return None
+    tasks = list(weights)
+    w = [weights[t] for t in tasks]
+    low, high = bootstrap_ci_of_task_mean([by_task[t] for t in tasks], cfg.eval.bootstrap_samples,
+                                          cfg.eval.confidence, cfg.seed, weights=w)
+    value = float(sum(wi * by_task[t].mean() for wi, t in zip(w, tasks, strict=True)))
+    counted = [r for r in rows if r["role"] == role and r["task"] in weights]
+    summed = {k: None if any(r[k] is None for r in counted) else sum(r[k] for r in counted)
+              for k in ("n_ties", "n_truncated")}
+    return {"role": role, "task": TABLE_AVERAGE, "value": 100 * value, "n": int(sum(len(by_task[t]) for t in tasks)),
+            "n_tasks": len(tasks), "ci_low": 100 * low, "ci_high": 100 * high,
+            "chance": float(sum(wi * chance[t] for wi, t in zip(w, tasks, strict=True))), **summed}
 
 
 def _count(frame: pd.DataFrame, column: str) -> int | None:
@@ -242,14 +293,17 @@ def _count(frame: pd.DataFrame, column: str) -> int | None:
 
 
 def accuracy_table(cfg: Config, predictions: pd.DataFrame, rule: str | None = None,
-                   bigbench_average: bool = True) -> pd.DataFrame:
+                   bigbench_average: bool = True, table_average: bool = True) -> pd.DataFrame:
     """Tidy accuracies in percent: ``role, task, value, n, ci_low, ci_high`` (95% bootstrap by default), with
-    ``n_ties`` (examples whose best score under ``rule`` is shared, broken as ``eval.tie_break`` says) and
-    ``n_truncated`` (examples whose context was cut to the model's positions).
+    ``n_ties`` (examples whose best score under ``rule`` is shared, broken as ``eval.tie_break`` says),
+    ``n_truncated`` (examples whose context was cut to the model's positions) and ``chance`` (the accuracy of a
+    uniform guess: the mean of 1/candidates over the examples).
 
     Per task; with ``bigbench_average``, BIG-bench tasks are also averaged into ``bigbench_avg`` (mean of the
     per-task accuracies, as the paper's BIG-bench-Avg; ``n`` counts its examples, ``n_tasks`` its tasks, and the
-    two counts are summed over them).
+    two counts are summed over them); with ``table_average``, a role with every Table 3 column also gets
+    ``average`` (:data:`TABLE_AVERAGE`: the plain mean of the seven columns, its interval from resampling examples
+    within each task, its chance the same mean of the tasks' chance levels).
     """
     import pandas as pd
 
@@ -260,16 +314,19 @@ def accuracy_table(cfg: Config, predictions: pd.DataFrame, rule: str | None = No
     samples, level = cfg.eval.bootstrap_samples, cfg.eval.confidence
     rows = []
     for role, by_role in predictions.groupby("role", sort=False):
-        bb_groups, bb_counts = [], []
+        bb_groups, bb_counts, bb_chance = [], [], []
+        by_task, chance = {}, {}
         for task, frame in by_role.groupby("task", sort=False):
             correct = frame[column].to_numpy(dtype=bool)
+            by_task[task], chance[task] = correct, _chance(frame)
             low, high = bootstrap_ci(correct, samples, level, cfg.seed)
             counts = {"n_ties": _count(frame, f"tied_{rule}"), "n_truncated": _count(frame, "truncated")}
             rows.append({"role": role, "task": task, "value": 100 * correct.mean(), "n": len(correct),
-                         "n_tasks": 1, "ci_low": 100 * low, "ci_high": 100 * high, **counts})
+                         "n_tasks": 1, "ci_low": 100 * low, "ci_high": 100 * high, "chance": chance[task], **counts})
             if task.startswith("bigbench:"):
                 bb_groups.append(correct)
                 bb_counts.append(counts)
+                bb_chance.append(chance[task])
         if bigbench_average and bb_groups:
             low, high = bootstrap_ci_of_task_mean(bb_groups, samples, level, cfg.seed)
             mean = float(np.mean([g.mean() for g in bb_groups]))
@@ -277,9 +334,12 @@ def accuracy_table(cfg: Config, predictions: pd.DataFrame, rule: str | None = No
                       for k in ("n_ties", "n_truncated")}
             rows.append({"role": role, "task": BIGBENCH_AVG, "value": 100 * mean,
                          "n": int(sum(len(g) for g in bb_groups)), "n_tasks": len(bb_groups),
-                         "ci_low": 100 * low, "ci_high": 100 * high, **summed})
-    out = pd.DataFrame(rows, columns=["role", "task", "value", "n", "n_tasks", "ci_low", "ci_high", "n_ties",
-                                      "n_truncated"])
+                         "ci_low": 100 * low, "ci_high": 100 * high, "chance": float(np.mean(bb_chance)), **summed})
+        average = _table_average_row(cfg, str(role), by_task, chance, rows) if table_average else None
+        if average is not None:
+            rows.append(average)
+    out = pd.DataFrame(rows, columns=["role", "task", "value", "n", "n_tasks", "ci_low", "ci_high", "chance",
+                                      "n_ties", "n_truncated"])
     return out.astype({"n_ties": "Int64", "n_truncated": "Int64"})
 
 

@@ -12,12 +12,13 @@ read from the paper's own numbers, never assumed.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brdlib.config import Config
-from brdlib.report import paper_table
+from brdlib.report import AVERAGE_NOTE, INTERVAL_NOTE, accuracy_bars, paper_table
 from brdlib.results import TEST_ORDER, load_results
 
 if TYPE_CHECKING:
@@ -205,24 +206,33 @@ TABLE3_BLOCKS: tuple[str, ...] = TEST_ORDER  # Table 3's blocks are the three te
 
 
 def _table3_average_cells(cfg: Config) -> pd.DataFrame:
-    """Table 3's Average column, long: setting, role, value, source (``ours (<profile>)`` or ``paper``)."""
+    """Table 3's Average column, long: setting, role, value, source (``ours (<profile>)`` or ``paper``), and for
+    ours its 95% interval (examples resampled within each task), chance level and n from the tidy results."""
     import pandas as pd
 
     art = next(a for a in ARTEFACTS if a.reference == "table3")
-    ours = ours_by_block(cfg, art)  # each block's own rows, reference rows included
+    results = load_results(cfg)
+    ours = ours_by_block(cfg, art, results)  # each block's own rows, reference rows included
     ours = ours[ours["task"] == "average"].rename(columns={"test": "setting"})
+    extra = results[(results["artefact"] == "table3") & (results["metric"] == art.metric)
+                    & (results["task"] == "average")][["test", "role", "ci_low", "ci_high", "chance", "n"]]
+    ours = ours.merge(extra.rename(columns={"test": "setting"}).drop_duplicates(["setting", "role"]),
+                      on=["setting", "role"], how="left")
     paper = paper_table("table3")
     paper = paper[paper["task"] == "average"][["setting", "role", "value"]]
-    return pd.concat([ours[["setting", "role", "value"]].assign(source=f"ours ({cfg.profile})"),
-                      paper.assign(source="paper")], ignore_index=True)
+    return pd.concat([ours[["setting", "role", "value", "ci_low", "ci_high", "chance", "n"]]
+                      .assign(source=f"ours ({cfg.profile})"), paper.assign(source="paper")], ignore_index=True)
 
 
 def table3_averages(cfg: Config) -> pd.DataFrame:
-    """Table 3's Average per test and row: the paper's model name, ours, the paper's and ours − paper."""
+    """Table 3's Average per test and row: the paper's model name, ours with its 95% interval (examples resampled
+    within each task), n (examples over all its tasks) and chance level, the paper's and ours − paper."""
+    import pandas as pd
 
     cells = _table3_average_cells(cfg)
     wide = cells.pivot_table(index=["setting", "role"], columns="source", values="value", sort=False).reset_index()
     ours_col = f"ours ({cfg.profile})"
+    mine = cells[cells["source"] == ours_col].set_index(["setting", "role"])
     for col in (ours_col, "paper"):
         if col not in wide:
             wide[col] = float("nan")
@@ -232,40 +242,49 @@ def table3_averages(cfg: Config) -> pd.DataFrame:
     keys = list(zip(wide["setting"], wide["role"], strict=True))
     wide.insert(2, "model (paper)", [names.get(k, "reference row (the protocols' held-out split)") for k in keys])
     wide["delta"] = (wide[ours_col] - wide["paper"]).round(1)
+    wide["95% CI"] = [f"[{mine.loc[k, 'ci_low']:.1f}, {mine.loc[k, 'ci_high']:.1f}]"
+                      if k in mine.index and pd.notna(mine.loc[k, "ci_low"]) else "" for k in keys]
+    wide["n"] = pd.array([int(mine.loc[k, "n"]) if k in mine.index and pd.notna(mine.loc[k, "n"]) else None
+                          for k in keys], dtype="Int64")
+    wide["chance"] = [round(float(mine.loc[k, "chance"]), 1) if k in mine.index else float("nan") for k in keys]
     paper_order = {k: i for i, k in enumerate(zip(paper_rows["setting"], paper_rows["role"], strict=True))}
     block = {s: i for i, s in enumerate(TABLE3_BLOCKS)}
     wide["_order"] = [(block.get(k[0], 9), paper_order.get(k, len(paper_order))) for k in keys]
     wide = wide.sort_values("_order", kind="stable").rename(columns={"setting": "test"})
-    return wide[["test", "role", "model (paper)", ours_col, "paper", "delta"]].reset_index(drop=True)
+    return wide[["test", "role", "model (paper)", ours_col, "95% CI", "n", "chance", "paper", "delta"]].reset_index(
+        drop=True)
 
 
 def table3_figure(cfg: Config) -> object:
-    """Average accuracy of every Table 3 row, ours beside the paper's (bars), one panel per block."""
+    """Average accuracy of every Table 3 row, ours beside the paper's (bars), one panel per block; our bars with
+    their 95% intervals (examples resampled within each task), the chance level and n per row."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     both = _table3_average_cells(cfg)
     settings = [s for s in ("blind", "relaxed", "supervised") if s in set(both["setting"])]
     widths = [max(1, both[both["setting"] == s]["role"].nunique()) for s in settings]
-    fig, axes = plt.subplots(1, len(settings), figsize=(2 + 0.9 * sum(widths), 3.6), sharey=True,
+    fig, axes = plt.subplots(1, len(settings), figsize=(2 + 0.9 * sum(widths), 3.8), sharey=True,
                              gridspec_kw={"width_ratios": widths}, squeeze=False)
     for ax, setting in zip(axes[0], settings, strict=True):
         part = both[both["setting"] == setting]
         order = list(dict.fromkeys(part[part["source"] == "paper"]["role"].tolist() + part["role"].tolist()))
-        sns.barplot(data=part, x="role", y="value", hue="source", order=order,
-                    hue_order=[f"ours ({cfg.profile})", "paper"], ax=ax)
+        levels = part["chance"].dropna()  # one test's rows average the same tasks: one chance level for all
+        chance = {role: float(levels.mean()) for role in order} if len(levels) else None
+        accuracy_bars(ax, part, x="role", hue="source", order=order, hue_order=[f"ours ({cfg.profile})", "paper"],
+                      chance=chance)
         ax.set_title(setting)
         ax.set_xlabel("")
-        ax.tick_params(axis="x", labelrotation=40)
+        ax.tick_params(axis="x", labelrotation=40, labelsize=8)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
             label.set_rotation_mode("anchor")
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    axes[0][-1].legend(handles, labels, title="source", loc="upper left", bbox_to_anchor=(1.01, 1))  # off the bars
+    legend = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    axes[0][-1].legend(legend.values(), legend.keys(), title="source", loc="upper left",
+                       bbox_to_anchor=(1.01, 1))  # off the bars
     axes[0][0].set_ylabel("average accuracy (%)")
-    fig.suptitle(f"Table 3 averages: ours ({cfg.scale_note}) and the paper's", y=1.02)
+    head = f"Table 3 averages: ours ({cfg.scale_note}) and the paper's"
+    fig.suptitle(textwrap.fill(f"{head}; {INTERVAL_NOTE}; {AVERAGE_NOTE}; n (examples over the row's tasks) under "
+                               "each row", 120), y=1.04, fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -24,7 +24,9 @@ import numpy as np
 
 from brdlib.blind import BLIND_ROLES
 from brdlib.config import Config
+from brdlib.evaluate import bootstrap_ci
 from brdlib.models import free_memory, load_ref, model_label
+from brdlib.report import CHANCE_GID, n_label
 from brdlib.scoring import encode_text, reading
 from brdlib.tasks import TABLE9_TASKS, gold_label, load_examples, stratified_sample
 
@@ -225,22 +227,49 @@ def probing_summary(probes: pd.DataFrame, role: str = "brd", baseline: str = "st
     return pd.DataFrame(rows)
 
 
-def probing_figure(probes: pd.DataFrame, title: str = "") -> Figure:
-    """As the paper's Figure 4: test accuracy (%) against layer, one panel per task, one line per model; the dotted
-    line is the majority-class accuracy."""
+def probing_figure(probes: pd.DataFrame, title: str = "", samples: int = 1000, confidence: float = 0.95) -> Figure:
+    """As the paper's Figure 4: test accuracy (%) against layer, one panel per task, one line per model, each point
+    with its 95% bootstrap interval over the task's test examples (a 0/1 vector of ``n_test`` with the probe's
+    correct count: the same interval as resampling the examples themselves); dashed: the majority-class accuracy,
+    a probe's chance level; n in each panel's title."""
+    import matplotlib.pyplot as plt
     import seaborn as sns
-
-    grid = sns.relplot(data=probes, x="layer", y="test_accuracy", hue="role", col="task", kind="line", marker="o",
-                       markersize=4, col_wrap=min(3, probes["task"].nunique()), height=2.8, aspect=1.3,
-                       facet_kws={"sharey": False})
-    for task, ax in grid.axes_dict.items():
-        ax.axhline(probes[probes["task"] == task]["majority"].iloc[0], ls=":", color="grey", lw=1)
     from matplotlib.ticker import MaxNLocator
 
-    for ax in grid.axes.flat:
+    tasks = list(dict.fromkeys(probes["task"]))
+    roles = list(dict.fromkeys(probes["role"]))
+    colours = dict(zip(roles, sns.color_palette("colorblind", len(roles)), strict=True))
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.7 * cols, 2.9 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        part = probes[probes["task"] == task]
+        for role in roles:
+            line = part[part["role"] == role].sort_values("layer")
+            bounds = [_probe_interval(a, int(n), samples, confidence)
+                      for a, n in zip(line["test_accuracy"], line["n_test"], strict=True)]
+            err = np.array([[a - lo for a, (lo, _) in zip(line["test_accuracy"], bounds, strict=True)],
+                            [hi - a for a, (_, hi) in zip(line["test_accuracy"], bounds, strict=True)]])
+            ax.errorbar(line["layer"], line["test_accuracy"], yerr=err.reshape(2, -1), marker="o", ms=4, capsize=2,
+                        lw=1.2, elinewidth=0.7, color=colours[role], label=role)
+        ax.axhline(float(part["majority"].iloc[0]), ls="--", color="black", lw=1, label="chance (majority class)",
+                   gid=CHANCE_GID)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    grid.set_axis_labels("layer (0 = embeddings)", "probe accuracy (%)")
-    grid.set_titles("{col_name}")
-    if title:
-        grid.figure.suptitle(textwrap.fill(title, 140), y=1.03, fontsize=10)
-    return grid.figure
+        ax.set_title(f"{task} ({n_label(part['n_test'].tolist())})", fontsize=10)
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_ylabel("probe accuracy (%)")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8)
+    note = "points: 95% bootstrap intervals over test examples; dashed: majority class"
+    fig.suptitle(textwrap.fill(f"{title + '; ' if title else ''}{note}", 140), y=1.03, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _probe_interval(accuracy: float, n: int, samples: int, confidence: float) -> tuple[float, float]:
+    """The bootstrap interval (%) of a probe's test accuracy from its correct count and n."""
+    correct = int(round(accuracy * n / 100))
+    low, high = bootstrap_ci(np.r_[np.ones(correct), np.zeros(n - correct)], samples, confidence)
+    return 100 * low, 100 * high

@@ -55,6 +55,7 @@ import math
 import random
 import shutil
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -75,6 +76,7 @@ from brdlib.backends import make_backend
 from brdlib.corpus import split_sentences
 from brdlib.evaluate import accuracy_table, evaluate_model, load_task_examples, results_table
 from brdlib.records import Passage, TeacherItem
+from brdlib.report import INTERVAL_NOTE, accuracy_bars, n_label
 from brdlib.store import (
     SUMMARY_FILE,
     artefact_dir,
@@ -761,25 +763,26 @@ def table4_block(cfg: Config, accuracy: pd.DataFrame, selections: Mapping[str, S
 
 
 def protocol_figure(cfg: Config, predictions: pd.DataFrame, roles: Sequence[str], title: str = "") -> Figure:
-    """Accuracy per task and role on the held-out split, with seaborn's bootstrap 95% intervals over examples."""
+    """Accuracy per task and role on the held-out split: bars with the tables' 95% bootstrap intervals over examples
+    (:func:`brdlib.evaluate.accuracy_table`), each task's chance level (1/candidates) and its n."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    rule = cfg.eval.rule
-    data = predictions[predictions["role"].isin(list(roles))].copy()
-    data["accuracy (%)"] = 100 * data[f"correct_{rule}"].astype(float)
-    data["task"] = data["task"].str.removeprefix("bigbench:").str.slice(0, 22)
-    order = list(dict.fromkeys(data["task"]))
+    data = predictions[predictions["role"].isin(list(roles))]
+    acc = accuracy_table(cfg, data, bigbench_average=False, table_average=False)
+    acc["task"] = acc["task"].str.removeprefix("bigbench:").str.slice(0, 22)
+    order = list(dict.fromkeys(acc["task"]))
+    shown = [r for r in roles if r in set(acc["role"])]
     fig, ax = plt.subplots(figsize=(min(16.0, max(7.0, 0.35 * len(order) * max(1, len(roles)))), 4.2))
-    sns.barplot(data=data, x="task", y="accuracy (%)", hue="role", order=order,
-                hue_order=[r for r in roles if r in set(data["role"])], errorbar=("ci", 100 * cfg.eval.confidence),
-                n_boot=cfg.eval.bootstrap_samples, seed=cfg.seed, ax=ax)
-    ax.set_ylim(0, 100)
+    accuracy_bars(ax, acc, x="task", hue="role", order=order, hue_order=shown)
     ax.set_xlabel("")
+    ax.set_ylabel("accuracy (%)")
     ax.tick_params(axis="x", labelrotation=35)
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
         label.set_rotation_mode("anchor")
-    ax.legend(fontsize=8, ncol=min(4, len(roles)), loc="upper center", bbox_to_anchor=(0.5, -0.42), frameon=False)
-    ax.set_title(title or f"Held-out accuracy per task ({cfg.profile})", fontsize=10)
+    ax.legend(fontsize=8, ncol=min(5, len(shown) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.42),
+              frameon=False)
+    head = title or f"Held-out accuracy per task ({cfg.profile})"
+    ax.set_title(textwrap.fill(f"{head}; {n_label(acc['n'].tolist())} per task and role; {INTERVAL_NOTE}", 120),
+                 fontsize=9)
     return fig

@@ -9,6 +9,7 @@ one, :func:`side_by_side` puts "ours (<profile>)" and "paper" columns per task b
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,10 +21,10 @@ if TYPE_CHECKING:
     from brdlib.config import Config
 
 __all__ = [
-    "FIGURE_CLAIM_COLUMNS", "MEASURED_COLUMNS", "PAPER_REFERENCE_DIR", "PAPER_TABLE_COLUMNS",
-    "available_paper_tables", "compare_tables", "compare_with_paper", "latex_escape", "model_size_figure",
-    "paper_rows", "paper_table", "save_figure", "save_table", "set_style", "side_by_side", "side_by_side_figure",
-    "with_average",
+    "AVERAGE_NOTE", "CHANCE_GID", "FIGURE_CLAIM_COLUMNS", "INTERVAL_NOTE", "MEASURED_COLUMNS", "PAPER_REFERENCE_DIR",
+    "PAPER_TABLE_COLUMNS", "accuracy_bars", "available_paper_tables", "n_label", "compare_tables",
+    "compare_with_paper", "latex_escape", "model_size_figure", "paper_rows", "paper_table", "save_figure",
+    "save_table", "set_style", "side_by_side", "side_by_side_figure", "with_average",
 ]
 
 PAPER_TABLE_COLUMNS: tuple[str, ...] = (
@@ -34,6 +35,13 @@ PAPER_TABLE_COLUMNS: tuple[str, ...] = (
 FIGURE_CLAIM_COLUMNS: tuple[str, ...] = ("figure", "section", "quantity", "value", "approximate", "quote")
 """Columns of ``paper_reference/figure_claims.csv`` (the few numbers the text gives about Figures 2 and 3)."""
 
+
+CHANCE_GID = "chance"
+"""``gid`` of the chance-level lines every accuracy figure draws (what tests look for)."""
+INTERVAL_NOTE = "bars/points of ours: 95% bootstrap intervals over examples; dashed: chance (mean 1/candidates)"
+"""How the accuracy figures' intervals and chance lines are made, for their titles."""
+AVERAGE_NOTE = "an average's interval: examples resampled within each task"
+"""How an average's interval is made (:func:`brdlib.evaluate.bootstrap_ci_of_task_mean`), for figure titles."""
 
 MEASURED_COLUMNS: frozenset[str] = frozenset({"seconds", "sentences/s", "tokens/s", "MFU", "load_s", "generate_s"})
 """Columns that time the machine, not the method (model loading, teacher and training speed): they differ between
@@ -69,10 +77,21 @@ def compare_tables(first: Path, second: Path, measured: frozenset[str] = MEASURE
 
 
 def set_style() -> None:
-    """The study's one figure style."""
+    """The study's one figure style; in a notebook, figures shown as PNG at 100 dpi (what the published executed
+    notebooks under ``figures/<profile>/notebooks/`` carry; ``save_figure`` writes 150 dpi files)."""
+    import matplotlib as mpl
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
+    mpl.rcParams["figure.dpi"] = 100
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("png")
 
 
 def save_table(df: pd.DataFrame, cfg: Config, name: str, title: str = "") -> Path:
@@ -298,34 +317,100 @@ def compare_with_paper(ours: pd.DataFrame, table: str, profile: str, *, on: Sequ
     return side_by_side(ours, paper_rows(table, **where), profile, on=on, decimals=decimals)
 
 
+def n_label(values: Sequence[float]) -> str:
+    """``n=16``, or ``n=8-16`` when the models of a group scored different numbers of examples; '' without any."""
+    import pandas as pd
+
+    ns = sorted({int(v) for v in values if not pd.isna(v)})
+    if not ns:
+        return ""
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
+
+
+def accuracy_bars(ax: object, frame: pd.DataFrame, *, x: str, hue: str, order: Sequence[str] | None = None,
+                  hue_order: Sequence[str] | None = None, chance: dict[str, float] | None = None,
+                  width: float = 0.8) -> None:
+    """Grouped bars of ``frame``'s ``value`` (%) per ``x`` group and ``hue`` on ``ax``, with the 95% interval
+    (``ci_low``, ``ci_high``) as an error bar on every bar that has one, each group's chance level (``chance``:
+    x value -> %, default the mean of ``frame``'s ``chance`` column per group) as a dashed segment across the group
+    (gid :data:`CHANCE_GID`), and each group's ``n`` under its label."""
+    import numpy as np
+    import pandas as pd
+    import seaborn as sns
+
+    frame = frame.dropna(subset=["value"])
+    order = list(order) if order is not None else list(dict.fromkeys(frame[x]))
+    hue_order = list(hue_order) if hue_order is not None else list(dict.fromkeys(frame[hue]))
+    colours = sns.color_palette("colorblind", max(1, len(hue_order)))  # by position: the same in every panel
+    step = width / max(1, len(hue_order))
+    for j, h in enumerate(hue_order):
+        part = frame[frame[hue] == h].drop_duplicates(x).set_index(x)
+        if part.empty:
+            continue
+        at = [i for i, g in enumerate(order) if g in part.index]
+        rows = part.loc[[order[i] for i in at]]
+        pos = np.array(at, dtype=float) - width / 2 + step * (j + 0.5)
+        ax.bar(pos, rows["value"], step, label=h, color=colours[j])
+        if {"ci_low", "ci_high"} <= set(rows.columns):
+            has = rows["ci_low"].notna().to_numpy() & rows["ci_high"].notna().to_numpy()
+            if has.any():
+                v, lo, hi = (rows[c].to_numpy(dtype=float)[has] for c in ("value", "ci_low", "ci_high"))
+                ax.errorbar(pos[has], v, yerr=np.vstack([v - lo, hi - v]), fmt="none", ecolor="black",
+                            elinewidth=1, capsize=2, label="_interval")
+    if chance is None and "chance" in frame.columns:
+        chance = frame.dropna(subset=["chance"]).groupby(x)["chance"].mean().to_dict()
+    segments = [(i, chance[g]) for i, g in enumerate(order) if chance and pd.notna(chance.get(g))]
+    if segments:
+        ax.hlines([c for _, c in segments], [i - width / 2 for i, _ in segments],
+                  [i + width / 2 for i, _ in segments], colors="black", linestyles="--", lw=1, label="chance",
+                  gid=CHANCE_GID, zorder=3)
+    counts = frame.groupby(x)["n"].apply(list).to_dict() if "n" in frame.columns else {}
+    labels = [f"{g}\n{n_label(counts.get(g, []))}".strip() for g in order]
+    ax.set_xticks(range(len(order)), labels)
+    ax.set_ylim(0, 100)
+
+
 def side_by_side_figure(ours: pd.DataFrame, paper: pd.DataFrame, profile: str, *, on: str = "role",
                         title: str = "") -> Figure:
     """Bars per task, ours (<profile>) beside the paper, one panel per model (``on``); tidy inputs as
-    :func:`side_by_side`. A cell ours lacks has no bar."""
+    :func:`side_by_side`. A cell ours lacks has no bar. Where ``ours`` has ``ci_low``/``ci_high``, ``chance`` and
+    ``n`` (:func:`brdlib.evaluate.accuracy_table`'s columns), our bars carry their 95% intervals, each task its
+    chance level (the same in every panel) and its n."""
+    import matplotlib.pyplot as plt
     import pandas as pd
-    import seaborn as sns
 
     ours, paper = _check_tidy(ours, "ours", [on]), _check_tidy(paper, "paper", [on])
     _check_percent(ours, paper)
     ours_label = f"ours ({profile})"
-    both = pd.concat([ours[[on, "task", "value"]].assign(source=ours_label),
+    extra = [c for c in ("ci_low", "ci_high", "chance", "n") if c in ours.columns]
+    both = pd.concat([ours[[on, "task", "value", *extra]].assign(source=ours_label),
                       paper[[on, "task", "value"]].assign(source="paper")], ignore_index=True)
     both[on] = both[on].astype(str)
-    both = both.dropna(subset=["value"])
     panels = list(dict.fromkeys([*paper[on].astype(str), *ours[on].astype(str)]))
     order = list(dict.fromkeys([*paper["task"].astype(str), *ours["task"].astype(str)]))
-    grid = sns.catplot(data=both, kind="bar", x="task", y="value", hue="source", col=on, col_order=panels,
-                       order=order, hue_order=[ours_label, "paper"], col_wrap=min(3, len(panels)),
-                       height=2.8, aspect=1.5, sharey=True)
-    grid.set_titles("{col_name}")
-    for ax in grid.axes.flat:  # every panel names its tasks (col_wrap leaves only the last row labelled)
-        ax.tick_params(axis="x", labelbottom=True, labelrotation=40)
+    chance = (ours.dropna(subset=["chance"]).groupby("task")["chance"].mean().to_dict()
+              if "chance" in ours.columns else None)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), sharey=True, squeeze=False)
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        accuracy_bars(ax, both[both[on] == panel], x="task", hue="source", order=order,
+                      hue_order=[ours_label, "paper"], chance=chance)
+        ax.set_title(panel)
+        ax.tick_params(axis="x", labelrotation=40, labelsize=8)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
             label.set_rotation_mode("anchor")
-    grid.tight_layout()
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     metric = ", ".join(sorted(set(paper["metric"]))) if "metric" in paper.columns else "value"
-    grid.set_axis_labels("", metric)
-    if title:
-        grid.figure.suptitle(title, y=1.02)
-    return grid.figure
+    for ax in axes[:, 0]:
+        ax.set_ylabel(metric)
+    legend = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels(),
+                                                                          strict=True)}
+    fig.legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8)
+    head = f"{title}; " if title else ""
+    fig.suptitle(textwrap.fill(f"{head}{INTERVAL_NOTE}; {AVERAGE_NOTE}; n per task under its name", 110), y=1.0,
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -13,7 +13,10 @@ notebook, ``figures/<profile>/results/<notebook>.csv``, with the columns :data:`
 ``task``       the task (``rte``, ``bigbench_avg``, ``average`` = the plain mean over the artefact's paper columns)
 ``metric``     one of :data:`METRICS`
 ``value``      the number, unrounded (accuracies in percent)
-``ci_low``, ``ci_high``  its 95% bootstrap interval, where computed
+``ci_low``, ``ci_high``  its 95% bootstrap interval, where computed (Table 3's ``average``: examples resampled
+               within each task, :func:`brdlib.evaluate.bootstrap_ci_of_task_mean`)
+``chance``     an accuracy's chance level (%): the mean of 1/candidates over its examples; for an average, the
+               same mean of its tasks' chance levels
 ``n``          examples (texts for cross-entropy, test examples for probes) behind the value
 ``n_tasks``    tasks averaged into it (``bigbench_avg``), 1 for one task
 ``ties``, ``truncated``  examples whose best score was shared / whose context was cut (accuracy only)
@@ -46,7 +49,7 @@ __all__ = [
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "notebook", "artefact", "test", "block", "role", "baseline", "task", "metric", "value", "ci_low", "ci_high",
-    "n", "n_tasks", "ties", "truncated", "layer", "data_size", "rule", "split",
+    "chance", "n", "n_tasks", "ties", "truncated", "layer", "data_size", "rule", "split",
 )
 """The columns of every tidy results file, in this order (see the module's docstring for their meaning)."""
 
@@ -144,12 +147,17 @@ def load_results(cfg: Config, notebook: str | None = None) -> pd.DataFrame:
         paths = sorted(folder.glob("*.csv"))
     else:
         paths = [p for p in sorted(folder.glob("*.csv")) if p.stem == notebook or p.stem.split("_")[0] == notebook]
-    frames = [check_results(pd.read_csv(p, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
-                                        na_values={c: [""] for c in NUMBER_COLUMNS}), str(p))
+    frames = [check_results(_with_chance(pd.read_csv(p, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+                                                     na_values={c: [""] for c in NUMBER_COLUMNS})), str(p))
               for p in paths]
     if not frames:
         return check_results(pd.DataFrame(columns=list(RESULT_COLUMNS)))
     return pd.concat(frames, ignore_index=True)
+
+
+def _with_chance(frame: pd.DataFrame) -> pd.DataFrame:
+    """A results file written before the ``chance`` column existed, read with it empty."""
+    return frame if "chance" in frame.columns else frame.assign(chance=float("nan"))
 
 
 def tidy(frame: pd.DataFrame, **fields: object) -> pd.DataFrame:
@@ -168,7 +176,10 @@ def accuracy_results(accuracy: pd.DataFrame, artefact: str, test: str, *, roles:
     """Tidy rows of one paper table of ours from :func:`brdlib.evaluate.accuracy_table`'s frame, the same cells
     :func:`brdlib.evaluate.results_table` shows: ``roles`` (default all), the tasks of the paper's ``artefact``
     (rows picked by ``where``, e.g. ``setting="blind"``, or ``block``), and per role the ``average`` over them
-    (NaN when the role lacks one, as the display leaves it empty)."""
+    (NaN when the role lacks one, as the display leaves it empty). The average's chance level is the mean of its
+    tasks'; its interval and ``n`` are ``accuracy``'s own ``average`` row's when that averages the same columns
+    (Table 3's, from :func:`~brdlib.evaluate.accuracy_table`), else left empty."""
+    import pandas as pd
 
     if block:
         where = {**where, "block": block}
@@ -179,10 +190,23 @@ def accuracy_results(accuracy: pd.DataFrame, artefact: str, test: str, *, roles:
     ours = accuracy[accuracy["task"].isin(tasks)]
     averaged = with_average(ours[["role", "task", "value"]], tasks)
     cells = _counts(ours)
-    cells = cells[[c for c in ("role", "task", "ci_low", "ci_high", "n", "n_tasks", "ties", "truncated")
-                   if c in cells.columns]]
+    keep = [c for c in ("role", "task", "ci_low", "ci_high", "chance", "n", "n_tasks", "ties", "truncated")
+            if c in cells.columns]
+    cells = cells[keep]
+    if "chance" in ours.columns:
+        chance = ours.groupby("role", sort=False)["chance"].agg(["mean", "count"])
+        means = chance["mean"].where(chance["count"] == len(tasks)).rename("chance").reset_index()
+        average = means.assign(task="average")
+        if set(tasks) == set(_table3_columns()) and (accuracy["task"] == "average").any():
+            average = _counts(accuracy[accuracy["task"] == "average"])[keep]  # the interval resampled per task
+        cells = pd.concat([cells, average], ignore_index=True)
     merged = averaged.merge(cells, on=["role", "task"], how="left")
     return tidy(merged, artefact=artefact, test=test, block=block, metric="accuracy", rule=rule, split=split)
+
+
+def _table3_columns() -> list[str]:
+    """The paper's Table 3 columns (what :func:`brdlib.evaluate.accuracy_table`'s ``average`` is the mean of)."""
+    return [t for t in dict.fromkeys(paper_rows("table3")["task"]) if t != "average"]
 
 
 def _counts(frame: pd.DataFrame) -> pd.DataFrame:
@@ -201,8 +225,8 @@ def all_accuracies(accuracy: pd.DataFrame, test: str, *, rule: str = "", split: 
     """Every row of :func:`brdlib.evaluate.accuracy_table`'s frame (each role and task, BIG-bench tasks one by one),
     tidy, with an empty ``artefact``: the notebook's full accuracy table, not one of the paper's."""
     counted = _counts(accuracy)
-    keep = counted[[c for c in ("role", "task", "value", "ci_low", "ci_high", "n", "n_tasks", "ties", "truncated")
-                    if c in counted.columns]]
+    keep = counted[[c for c in ("role", "task", "value", "ci_low", "ci_high", "chance", "n", "n_tasks", "ties",
+                                "truncated") if c in counted.columns]]
     return tidy(keep, artefact="", test=test, metric="accuracy", rule=rule, split=split)
 
 
@@ -244,7 +268,7 @@ def probing_results(probes: pd.DataFrame) -> pd.DataFrame:
 def data_size_results(curve: pd.DataFrame, *, rule: str = "", split: str = "test") -> pd.DataFrame:
     """Tidy Figure 2 rows from :func:`brdlib.data_size.data_size_frame`: per student (``role``) and task its blind
     accuracy, ``data_size`` its BRD passages (0: the base student), and the ``average`` over the paper's columns."""
-    columns = [c for c in ("student", "passages", "task", "value", "ci_low", "ci_high", "n", "n_tasks", "n_ties",
-                           "n_truncated") if c in curve.columns]
+    columns = [c for c in ("student", "passages", "task", "value", "ci_low", "ci_high", "chance", "n", "n_tasks",
+                           "n_ties", "n_truncated") if c in curve.columns]
     rows = _counts(curve[columns]).rename(columns={"student": "role", "passages": "data_size"})
     return tidy(rows, artefact="figure2", test="blind", metric="accuracy", rule=rule, split=split)

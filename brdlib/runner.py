@@ -4,8 +4,11 @@
     brd-run tiny --only 00_setup
 
 Executed copies go to ``runs/<profile>/``; ``runs/<profile>/run_summary.json`` keeps each notebook's time and
-peak resident memory (the kernel and its children). The run stops at the first failing notebook, naming it and
-the failing cell's error, and ends with each notebook's time and where the tables and figures are.
+peak resident memory (the kernel and its children). Each notebook that ran is also published, cleaned, beside the
+tables and figures it wrote, ``figures/<profile>/notebooks/`` (:func:`publish_notebook`): outputs kept, figures as
+PNG, long outputs cut, machine paths and timings left out, so a reader of the repository sees the results in place.
+The run stops at the first failing notebook, naming it and the failing cell's error, and ends with each notebook's
+time and where the tables and figures are.
 """
 
 from __future__ import annotations
@@ -23,13 +26,26 @@ from brdlib.config import REPO_ROOT, load_config
 from brdlib.models import embedded_dtypes
 
 __all__ = [
-    "NOTEBOOK_DIR", "OUTPUT_SUFFIXES", "STAGES_FILE", "NotebookResult", "PeakMemory", "cell_at", "execute",
-    "prepare_models", "produced_files", "run", "select", "stage_notebooks", "write_summary",
+    "MAX_HTML_CHARS", "MAX_STDERR_LINES", "MAX_STREAM_LINES", "NOTEBOOK_DIR", "OUTPUT_SUFFIXES", "PNG_COLOURS",
+    "PUBLISHED_DIR", "STAGES_FILE", "NotebookResult", "PeakMemory", "cell_at", "execute", "prepare_models",
+    "produced_files", "publish_notebook", "run", "select", "stage_notebooks", "write_summary",
 ]
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 STAGES_FILE = NOTEBOOK_DIR / "stages.txt"
 OUTPUT_SUFFIXES = {".csv", ".md", ".tex", ".png", ".pdf", ".svg"}
+PUBLISHED_DIR = "notebooks"
+"""Folder under ``figures/<profile>/`` of the published executed notebooks (:func:`publish_notebook`)."""
+MAX_STREAM_LINES = 40
+"""Printed output longer than this many lines is published as its first and last halves (the full text stays in
+``runs/<profile>/``)."""
+MAX_STDERR_LINES = 12
+"""The same for the error stream (progress bars, library warnings): kept shorter."""
+MAX_HTML_CHARS = 30_000
+"""An HTML output larger than this (a long table) is published as its plain-text form, which pandas cuts."""
+PNG_COLOURS = 128
+"""Figures in the published notebooks are palette PNGs of this many colours (plots lose nothing visible)."""
+_DROPPED_MIME = ("application/vnd.jupyter.widget-view+json", "application/javascript", "image/svg+xml", "image/jpeg")
 
 
 @dataclass
@@ -194,6 +210,109 @@ def _failing_cell(executed: Path) -> str:
     return "a cell"
 
 
+def publish_notebook(executed: Path, folder: Path, runs_note: str = "runs/") -> Path:
+    """Write a cleaned copy of the executed notebook ``executed`` into ``folder`` (same name) and return its path.
+
+    Kept: every cell and its outputs, PNG figures (matplotlib's inline PNGs, as palette PNGs of :data:`PNG_COLOURS`
+    colours), tables (HTML up to :data:`MAX_HTML_CHARS`, else their text form). Left out: widget state and views,
+    SVG/JPEG/JavaScript copies, papermill's per-cell timings and paths, execution metadata. Printed output over
+    :data:`MAX_STREAM_LINES` lines (:data:`MAX_STDERR_LINES` on stderr) is cut in the middle, progress bars' carriage
+    returns resolved first, naming ``runs_note`` for the full text; the repository's path, its parent's and the home
+    folder in outputs become ``.``, ``..`` and ``~``."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata.pop("widgets", None)
+    params = nb.metadata.get("papermill", {}).get("parameters")
+    nb.metadata.pop("papermill", None)
+    if params is not None:
+        nb.metadata["papermill"] = {"parameters": params}
+    for cell in nb.cells:
+        for key in ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled"):
+            cell.metadata.pop(key, None)
+        if cell.cell_type == "code":
+            cell.outputs = [_clean_output(o, runs_note) for o in _joined_streams(cell.outputs)]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / executed.name
+    tmp = out.with_suffix(".ipynb.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(out)
+    return out
+
+
+def _joined_streams(outputs: list[Any]) -> list[Any]:
+    """Consecutive printed outputs of the same stream (stdout, stderr) as one, so the cut sees the whole text."""
+    joined: list[Any] = []
+    for output in outputs:
+        last = joined[-1] if joined else None
+        if (output.get("output_type") == "stream" and last is not None and last.get("output_type") == "stream"
+                and last.get("name") == output.get("name")):
+            last["text"] = last.get("text", "") + output.get("text", "")
+        else:
+            joined.append(output)
+    return joined
+
+
+def _smaller_png(encoded: str, colours: int = PNG_COLOURS) -> str:
+    """A base64 PNG as a palette PNG of ``colours`` colours when that is smaller (plots: about a third), else as is."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        raw = base64.b64decode(encoded)
+        image = Image.open(io.BytesIO(raw)).convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT)
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", optimize=True)
+    except (OSError, ValueError):  # not a PNG Pillow reads: published as it is
+        return encoded
+    return base64.b64encode(buffer.getvalue()).decode() if buffer.tell() < len(raw) else encoded
+
+
+def _clean_text(text: str) -> str:
+    """Machine paths out of an output's text: the repository root as '.', its parent folder (where the data mirror
+    sits) as '..', the home folder as '~'."""
+    text = text.replace(str(REPO_ROOT) + "/", "./").replace(str(REPO_ROOT), ".")
+    if REPO_ROOT.parent != Path(REPO_ROOT.anchor):
+        text = text.replace(str(REPO_ROOT.parent) + "/", "../")
+    return text.replace(str(Path.home()) + "/", "~/")
+
+
+def _cut_stream(text: str, runs_note: str, limit: int = MAX_STREAM_LINES) -> str:
+    """A stream's text with each line's progress-bar redraws (carriage returns) resolved, cut in the middle when
+    longer than ``limit`` lines."""
+    lines = [ln.rstrip("\r").rsplit("\r", 1)[-1] for ln in text.split("\n")]
+    if len(lines) > limit:
+        half = limit // 2
+        note = f"[... {len(lines) - 2 * half} lines left out here; the whole output: {runs_note}]"
+        lines = [*lines[:half], note, *lines[-half:]]
+    return "\n".join(lines)
+
+
+def _clean_output(output: Any, runs_note: str) -> Any:
+    """One output cleaned as :func:`publish_notebook` says."""
+    if output.get("output_type") == "stream":
+        limit = MAX_STDERR_LINES if output.get("name") == "stderr" else MAX_STREAM_LINES
+        output["text"] = _clean_text(_cut_stream(output.get("text", ""), runs_note, limit))
+        return output
+    data = output.get("data")
+    if data is None:
+        return output
+    for mime in _DROPPED_MIME:
+        if mime in data and len(data) > 1:  # another form stays (matplotlib's PNG, the text)
+            data.pop(mime)
+    if len(str(data.get("text/html", ""))) > MAX_HTML_CHARS and "text/plain" in data:
+        data.pop("text/html")
+    if isinstance(data.get("image/png"), str):
+        data["image/png"] = _smaller_png(data["image/png"].replace("\n", ""))
+    for mime in ("text/plain", "text/html", "text/markdown"):
+        if isinstance(data.get(mime), str):
+            data[mime] = _clean_text(data[mime])
+    output.get("metadata", {}).pop("application/vnd.jupyter.widget-view+json", None)
+    return output
+
+
 def produced_files(directory: Path, since: float) -> list[Path]:
     """Tables and figures under ``directory`` written at or after ``since`` (epoch seconds)."""
     if not directory.is_dir():
@@ -224,6 +343,8 @@ def run(profile: str, overrides: Sequence[str] = (), only: Sequence[str] | None 
         write_summary(cfg.runs_dir, cfg.profile, list(overrides), results)  # after each: a kill keeps the times
         if not result.ok:
             break
+        publish_notebook(Path(result.output), cfg.figures_dir / PUBLISHED_DIR,
+                         f"runs/{cfg.profile}/{nb.name} after ./run_all.sh {cfg.profile}")
     _print_summary(results, produced_files(cfg.figures_dir, started), cfg.figures_dir)
     return results
 
@@ -294,7 +415,8 @@ def _print_summary(results: list[NotebookResult], files: list[Path], figures_dir
         print(f"\nbrd: FAILED in {r.notebook}, {r.error}\nbrd: the executed copy with the traceback: {r.output}",
               file=sys.stderr)
         return
-    print(f"\nbrd: executed notebooks in {Path(results[0].output).parent}" if results else "")
+    print(f"\nbrd: executed notebooks in {Path(results[0].output).parent}, published with their outputs in "
+          f"{figures_dir / PUBLISHED_DIR}" if results else "")
     print(f"brd: tables and figures in {figures_dir}:")
     for f in files:
         print(f"brd:   {f.relative_to(figures_dir)}")

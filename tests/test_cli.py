@@ -11,10 +11,10 @@ from brdlib.config import REPO_ROOT
 
 def test_every_command_is_reachable_from_brd(capsys):
     assert set(cli.COMMANDS) == {"run", "config", "models", "assemble", "train", "kd", "bigbench", "report",
-                                 "plan", "lm-eval-tasks"}
+                                 "plan", "lm-eval-tasks", "lab"}
     assert cli.main(["nope"]) == 2
     assert "unknown command 'nope'; accepted: run, config, models, assemble, train, kd, bigbench, report, plan, " \
-           "lm-eval-tasks" in capsys.readouterr().err
+           "lm-eval-tasks, lab" in capsys.readouterr().err
     assert cli.main(["config", "tiny", "recipes.brd.max_steps=4"]) == 0
     assert "max_steps: 4" in capsys.readouterr().out
 

@@ -12,6 +12,7 @@ def test_pyproject_extras():
     extras = project["optional-dependencies"]
     assert any(d.startswith("vllm") for d in extras["gpu"])
     assert any(d.startswith("pytest") for d in extras["dev"])
+    assert any(d.startswith("jupyterlab") for d in extras["dev"]) and extras["notebook"]  # tests/test_lab.py
     assert any(d.startswith("papermill") for d in project["dependencies"])
 
 

@@ -62,6 +62,10 @@ def test_run_stops_at_first_failure(tmp_path, monkeypatch, capsys):
     assert [(r.notebook, r.ok) for r in results] == [("00_ok.ipynb", True), ("01_bad.ipynb", False)]
     err = capsys.readouterr().err
     assert "FAILED in 01_bad.ipynb" in err and "ZeroDivisionError" in err
+    published = tmp_path / "figures" / "tiny" / runner.PUBLISHED_DIR
+    assert sorted(p.name for p in published.iterdir()) == ["00_ok.ipynb"]  # what ran, beside its tables
+    cells = nbformat.read(published / "00_ok.ipynb", as_version=4).cells
+    assert any(o.get("text") == "fine\n" for c in cells if c.cell_type == "code" for o in c.outputs)
 
 
 def test_summary_keeps_earlier_stages_on_a_partial_rerun(tmp_path):
@@ -173,3 +177,62 @@ def test_model_preparation_is_measured_apart_from_the_notebooks(tmp_path, tmp_ca
                                                                                  peak_rss_gb=1.5)])
     assert summary["prepare_models"] == prepared and summary["total_seconds"] == 5.0 and summary["peak_rss_gb"] == 1.5
     assert runner.prepare_models(load_config("tiny")) is None
+
+
+def test_published_notebook_keeps_results_and_drops_the_bulk(tmp_path):
+    """The copy under figures/<profile>/notebooks/: outputs and PNGs kept; widgets, SVG copies, timings, machine
+    paths and the middle of long printed output left out."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot(range(10))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    png = base64.b64encode(buffer.getvalue()).decode()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    nb.metadata["papermill"] = {"parameters": {"profile": "tiny"}, "input_path": str(REPO_ROOT / "x.ipynb"),
+                                "duration": 3.2}
+    long_text = "".join(f"line {i}\n" for i in range(200)) + "progress 10%\rprogress 100%\n"
+    cell = nbformat.v4.new_code_cell("run()", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=f"outputs: {REPO_ROOT}/data/tiny\nmirror: "
+                               f"{REPO_ROOT.parent}/shared/data\n" + long_text[:50]),
+        nbformat.v4.new_output("stream", name="stdout", text=long_text[50:]),  # one text, as the reader sees it
+        nbformat.v4.new_output("display_data", data={"image/png": png, "image/svg+xml": "<svg/>",
+                                                     "text/plain": "<Figure>"}),
+        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "1"},
+                                                     "text/plain": "HBox()"}),
+        nbformat.v4.new_output("execute_result", data={"text/html": "<td>x</td>" * 10_000, "text/plain": "table"},
+                               execution_count=1),
+    ])
+    cell.metadata["papermill"] = {"duration": 1.0}
+    cell.metadata["execution"] = {"iopub.execute_input": "2026-12-06"}
+    nb.cells = [cell]
+    executed = tmp_path / "runs" / "05_x.ipynb"
+    executed.parent.mkdir()
+    nbformat.write(nb, executed)
+    out = runner.publish_notebook(executed, tmp_path / "figures" / "notebooks", "runs/tiny/05_x.ipynb")
+    assert out == tmp_path / "figures" / "notebooks" / "05_x.ipynb"
+    back = nbformat.read(out, as_version=4)
+    nbformat.validate(back)
+    assert "widgets" not in back.metadata and back.metadata["papermill"] == {"parameters": {"profile": "tiny"}}
+    c = back.cells[0]
+    assert "papermill" not in c.metadata and "execution" not in c.metadata
+    stream, figure, widget, table = c.outputs
+    assert stream["text"].startswith("outputs: ./data/tiny\nmirror: ../shared/data\n")
+    lines = stream["text"].split("\n")
+    assert len(lines) == runner.MAX_STREAM_LINES + 1 and "runs/tiny/05_x.ipynb" in lines[runner.MAX_STREAM_LINES // 2]
+    assert "progress 100%" in lines and not any("\r" in ln for ln in lines)
+    assert set(figure["data"]) == {"image/png", "text/plain"}
+    smaller = base64.b64decode(figure["data"]["image/png"])
+    assert smaller.startswith(b"\x89PNG") and len(smaller) < len(buffer.getvalue())  # a palette PNG
+    assert set(widget["data"]) == {"text/plain"}
+    assert set(table["data"]) == {"text/plain"}  # HTML over MAX_HTML_CHARS: its text form
+    assert out.stat().st_size < executed.stat().st_size / 4
