@@ -31,8 +31,8 @@ if [[ "${BRD_GPU_CHECK_REHEARSAL:-1}" == "1" ]]; then
 fi
 if [[ "${BRD_GPU_CHECK_RAY:-1}" == "1" ]] && "$py" -c 'import ray.data.llm, vllm' 2>/dev/null; then
   start=$(date +%s)
-  timeout "${BRD_GPU_CHECK_RAY_S:-150}" "$py" -m brdlib.cli run rehearsal --only 01 output_root="$out/rehearsal_ray" \
-    teacher.engine=ray teacher.ray.workers=1 > "$out/rehearsal_ray.log" 2>&1 || status=1
+  timeout "${BRD_GPU_CHECK_RAY_S:-150}" "$py" -m brdlib.cli run rehearsal output_root="$out/rehearsal_ray" \
+    teacher.engine=ray teacher.ray.workers=1 --only 00 01 > "$out/rehearsal_ray.log" 2>&1 || status=1
   echo "[gpu_check] teacher on Ray + vLLM: exit ${PIPESTATUS[0]:-?} in $(( $(date +%s) - start )) s (log: $out/rehearsal_ray.log)"
   tail -n 8 "$out/rehearsal_ray.log"
 fi

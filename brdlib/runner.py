@@ -133,11 +133,15 @@ def select(notebooks: list[Path], only: Sequence[str] | None) -> list[Path]:
     """Keep the notebooks whose name starts with one of ``only`` (e.g. '00', '01_teacher')."""
     if not only:
         return notebooks
-    chosen = [nb for nb in notebooks if any(nb.name.startswith(o) for o in only)]
-    if not chosen:
-        names = ", ".join(nb.stem for nb in notebooks)
-        raise ValueError(f"--only {' '.join(only)} matches no stage; stages: {names}")
-    return chosen
+    names = ", ".join(nb.stem for nb in notebooks)
+    overrides = [o for o in only if "=" in o]
+    if overrides:  # argparse's --only takes every word after it: an override there would be dropped silently
+        raise ValueError(f"--only takes stage names, not {' '.join(overrides)}: put key=value overrides before "
+                         f"--only (brd run PROFILE key=value ... --only NN ...); stages: {names}")
+    unmatched = [o for o in only if not any(nb.name.startswith(o) for nb in notebooks)]
+    if unmatched:
+        raise ValueError(f"--only {' '.join(unmatched)} matches no stage; stages: {names}")
+    return [nb for nb in notebooks if any(nb.name.startswith(o) for o in only)]
 
 
 def execute(

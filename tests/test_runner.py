@@ -39,6 +39,10 @@ def test_select_by_prefix():
     assert runner.select(stages, ["00"]) == stages[:1]
     with pytest.raises(ValueError, match="matches no stage"):
         runner.select(stages, ["99"])
+    with pytest.raises(ValueError, match="^--only 99 matches no stage"):  # one stage matching is not enough
+        runner.select(stages, ["00", "99"])
+    with pytest.raises(ValueError, match="put key=value overrides before --only"):
+        runner.select(stages, ["01", "teacher.engine=ray"])  # `brd run tiny --only 01 teacher.engine=ray`
 
 
 @pytest.mark.slow
