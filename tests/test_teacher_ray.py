@@ -159,16 +159,6 @@ def _ray_workers() -> list[psutil.Process]:
 
 @needs_llamacpp
 @pytest.mark.embedded
-def test_llamacpp_on_ray_writes_the_records_of_the_local_engine(items, local_cfgs, cluster, tmp_path):
-    cfg = teacher_cfg(tmp_path, "llamacpp", f"teacher.ray.address={cluster}")
-    stats = run_teacher_ray(cfg, items, progress=False)
-    assert stats.backend["backend"] == "llamacpp" and stats.sentences_generated == 2 * len(items)
-    assert records(cfg) == records(local_cfgs["llamacpp"]) and lines_on_disk(cfg) == 2 * len(items)
-    assert cleaned_as_stored(cfg) and all(r[-2] > 0 for r in content(cfg, CONTENT[:-1]))
-
-
-@needs_llamacpp
-@pytest.mark.embedded
 def test_a_killed_llamacpp_worker_is_restarted_and_its_batch_retried(items, local_cfgs, cluster, tmp_path):
     cfg = teacher_cfg(tmp_path, "llamacpp", f"teacher.ray.address={cluster}")
     killed: list[int] = []
@@ -179,10 +169,11 @@ def test_a_killed_llamacpp_worker_is_restarted_and_its_batch_retried(items, loca
             killed.append(victim.pid)
             os.kill(victim.pid, signal.SIGKILL)
 
-    run_teacher_ray(cfg, items, progress=False, on_shard=kill_a_worker)
-    assert killed
+    stats = run_teacher_ray(cfg, items, progress=False, on_shard=kill_a_worker)
+    assert killed and stats.backend["backend"] == "llamacpp" and stats.sentences_generated >= 2 * len(items)
+    # every record once, as the local engine's (sentences, keys, positions); texts only to their own cleaning
     assert records(cfg) == records(local_cfgs["llamacpp"]) and lines_on_disk(cfg) == 2 * len(items)
-    assert cleaned_as_stored(cfg)
+    assert cleaned_as_stored(cfg) and all(r[-2] > 0 for r in content(cfg, CONTENT[:-1]))
 
 
 def test_shards_are_consecutive_batches_and_only_those_with_missing_records_are_planned(items, tmp_path):
