@@ -319,12 +319,37 @@ def _packed_rows(batch: list[tuple[list[int], list[list[int]]]], pad_id: int,
 
 
 @torch.no_grad()
+def _score_contexts(model: Any, pad_id: int,
+                    batch: list[tuple[list[int], list[list[int]]]]) -> list[list[CandidateScore]]:
+    """Single-token candidates: the contexts right-padded and run under plain causal attention (padding only follows
+    a context, so no mask is needed), logits kept at the contexts' last tokens only."""
+    device = _device(model)
+    width = max(len(ctx) for ctx, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    for b, (ctx, _) in enumerate(batch):
+        ids[b, : len(ctx)] = torch.tensor(ctx)
+    ends = sorted({len(ctx) - 1 for ctx, _ in batch})
+    logits = model(input_ids=ids.to(device), use_cache=False, logits_to_keep=torch.tensor(ends, device=device)).logits
+    column = torch.tensor([ends.index(len(ctx) - 1) for ctx, _ in batch], device=device)
+    last = torch.log_softmax(logits[torch.arange(len(batch), device=device), column].float(), dim=-1)
+    rows = torch.tensor([b for b, (_, conts) in enumerate(batch) for _ in conts], device=device)
+    picked = last[rows, torch.tensor([cont[0] for _, conts in batch for cont in conts], device=device)].tolist()
+    out, k = [], 0
+    for _, conts in batch:
+        out.append([CandidateScore(picked[k + j], 1) for j in range(len(conts))])
+        k += len(conts)
+    return out
+
+
+@torch.no_grad()
 def _score_packed(model: Any, pad_id: int,
                   batch: list[tuple[list[int], list[list[int]]]]) -> list[list[CandidateScore]]:
     """Score several examples in one forward pass, one packed row each (:func:`_packed_rows`): no context is run
     twice and no candidate is padded to another's length. Logits are kept for the last positions only (each
     row's last context token and its candidates' tokens)."""
     device = _device(model)
+    if all(len(cont) == 1 for _, conts in batch for cont in conts):
+        return _score_contexts(model, pad_id, batch)
     ids, mask, pos, lengths = _packed_rows(batch, pad_id, next(model.parameters()).dtype)
     keep = max(n - len(ctx) for n, (ctx, _) in zip(lengths, batch, strict=True)) + 1
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),

@@ -171,6 +171,22 @@ def test_packed_and_kv_passes_agree_on_a_tiny_qwen2_and_bad_methods_are_named():
         score_candidates(model, tok, groups, method="tree")
 
 
+@pytest.mark.parametrize("method", ["packed", "kv"])
+def test_single_token_candidates_match_the_reference_with_contexts_of_every_length(method):
+    """Only single-token candidates: the packed pass runs the contexts right-padded without a mask; long contexts are
+    cut to GPT-2's 32 positions, short ones padded."""
+    model, tok = _tiny_gpt2(32)
+    groups = [(LONG_PROMPT, ["T", "F"]), ("Short prompt:", ["a", "b", "c"]), ("Q: yes or no? A:", ["y"]),
+              ("A middling prompt of a few more words, so that padding is needed:", ["n", "y"])]
+    scored = score_candidates(model, tok, groups, batch_size=4, method=method)
+    for (prompt, cands), scores in zip(groups, scored, strict=True):
+        for cand, got in zip(cands, scores, strict=True):
+            ref = score_reference(model, tok, prompt, cand)
+            assert (got.n_tokens, got.truncated) == (1, ref.truncated)
+            assert got.sum_logprob == pytest.approx(ref.sum_logprob, abs=1e-4)
+    assert scored[0][0].truncated and not scored[1][0].truncated
+
+
 @pytest.mark.embedded
 @pytest.mark.slow
 def test_real_model_matches_reference():
