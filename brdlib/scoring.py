@@ -30,9 +30,12 @@ continuation, the pair is encoded whole and the continuation is the tail beyond 
 * *Ties* (``eval.tie_break``). Equal scores (common in bf16) go to a candidate chosen by a hash of (seed, task,
   example id) among the tied ones (``random``), repeatable and favouring no position; ``first`` keeps the first.
 
-Speed: an example's prompt is run once, its KV cache is replicated for each candidate, and only the
-candidates' tokens are run again, batched over examples sorted by length. :func:`score_reference`
-is the plain one-sequence-at-a-time implementation the batched scorer is tested against.
+Speed: an example's prompt is run once. Packed (the default for the common architectures): one row per example,
+the context then every candidate but its last token, under a 4D attention mask that lets each candidate see the
+context and its own earlier tokens only, at the positions it would have after the context; logits only for the
+row's tail. Otherwise (``method="kv"``): the prompts are run, their KV cache is replicated for each candidate, and
+the candidates' tokens are run on it. Either way batched over examples sorted by length. :func:`score_reference`
+is the plain one-sequence-at-a-time implementation both are tested against.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from brdlib.models import max_positions
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MAX_BATCH_LOGITS", "SPECIAL_TOKENS", "TIE_BREAKS", "CandidateScore", "Reading", "ScoreCache", "ScoringError",
+    "MAX_BATCH_LOGITS", "PACKED_MODEL_TYPES", "SPECIAL_TOKENS", "TIE_BREAKS", "CandidateScore", "Reading",
+    "ScoreCache", "ScoringError",
     "TextProb", "TextProbCache", "encode_pair", "encode_text", "fit_pair", "fit_windows", "model_fingerprint",
     "model_max_length", "plan_batches", "predict", "reading", "score_candidates", "score_examples", "score_reference",
     "template_tokens", "text_probs", "tie_key", "tied", "token_logprobs",
@@ -265,6 +269,116 @@ def _score_batch(model: Any, pad_id: int, batch: list[tuple[list[int], list[list
     return results
 
 
+PACKED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "xglm"})
+"""Architectures scored by the packed pass (:func:`score_candidates`): they read a custom 4D attention mask and
+per-token ``position_ids`` as given (tests check each against :func:`score_reference`); others use the KV-cache pass."""
+
+
+def _packable(model: Any) -> bool:
+    """Whether ``model`` can take the packed pass: a listed architecture, full attention in every layer, and an
+    attention implementation that adds a 4D mask as it is (eager or SDPA)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in PACKED_MODEL_TYPES:
+        return False
+    if getattr(config, "_attn_implementation", "eager") not in ("eager", "sdpa"):
+        return False
+    return all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
+
+
+def _packed_rows(batch: list[tuple[list[int], list[list[int]]]], pad_id: int,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """Input ids, 4D additive mask and positions of packed rows (left-padded), and each row's packed length.
+
+    A row is the context, then every candidate but its last token; a candidate's tokens see the context and the
+    candidate's own earlier tokens, at the positions they would have right after the context."""
+    rows, segs, poss = [], [], []
+    for ctx, conts in batch:
+        ids, seg, pos = list(ctx), [0] * len(ctx), list(range(len(ctx)))
+        for j, cont in enumerate(conts):
+            ids += cont[:-1]
+            seg += [j + 1] * (len(cont) - 1)
+            pos += range(len(ctx), len(ctx) + len(cont) - 1)
+        rows.append(ids)
+        segs.append(seg)
+        poss.append(pos)
+    width = max(len(r) for r in rows)
+    ids_t = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    seg_t = torch.full((len(rows), width), -1, dtype=torch.long)
+    pos_t = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (ids, seg, pos) in enumerate(zip(rows, segs, poss, strict=True)):
+        ids_t[b, width - len(ids):] = torch.tensor(ids)
+        seg_t[b, width - len(ids):] = torch.tensor(seg)
+        pos_t[b, width - len(ids):] = torch.tensor(pos)
+    at = torch.arange(width)
+    query, key = seg_t[:, :, None], seg_t[:, None, :]
+    allowed = (at[:, None] >= at[None, :])[None] & (key >= 0) & ((key == 0) | (key == query))
+    allowed |= torch.eye(width, dtype=torch.bool)[None]  # a padding position sees itself: no empty softmax row
+    mask = torch.zeros((len(rows), 1, width, width), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return ids_t, mask, pos_t, [len(r) for r in rows]
+
+
+@torch.no_grad()
+def _score_contexts(model: Any, pad_id: int,
+                    batch: list[tuple[list[int], list[list[int]]]]) -> list[list[CandidateScore]]:
+    """Single-token candidates: the contexts right-padded and run under plain causal attention (padding only follows
+    a context, so no mask is needed), logits kept at the contexts' last tokens only."""
+    device = _device(model)
+    width = max(len(ctx) for ctx, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    for b, (ctx, _) in enumerate(batch):
+        ids[b, : len(ctx)] = torch.tensor(ctx)
+    ends = sorted({len(ctx) - 1 for ctx, _ in batch})
+    logits = model(input_ids=ids.to(device), use_cache=False, logits_to_keep=torch.tensor(ends, device=device)).logits
+    column = torch.tensor([ends.index(len(ctx) - 1) for ctx, _ in batch], device=device)
+    last = torch.log_softmax(logits[torch.arange(len(batch), device=device), column].float(), dim=-1)
+    rows = torch.tensor([b for b, (_, conts) in enumerate(batch) for _ in conts], device=device)
+    picked = last[rows, torch.tensor([cont[0] for _, conts in batch for cont in conts], device=device)].tolist()
+    out, k = [], 0
+    for _, conts in batch:
+        out.append([CandidateScore(picked[k + j], 1) for j in range(len(conts))])
+        k += len(conts)
+    return out
+
+
+@torch.no_grad()
+def _score_packed(model: Any, pad_id: int,
+                  batch: list[tuple[list[int], list[list[int]]]]) -> list[list[CandidateScore]]:
+    """Score several examples in one forward pass, one packed row each (:func:`_packed_rows`): no context is run
+    twice and no candidate is padded to another's length. Logits are kept for the last positions only (each
+    row's last context token and its candidates' tokens)."""
+    device = _device(model)
+    if all(len(cont) == 1 for _, conts in batch for cont in conts):
+        return _score_contexts(model, pad_id, batch)
+    ids, mask, pos, lengths = _packed_rows(batch, pad_id, next(model.parameters()).dtype)
+    keep = max(n - len(ctx) for n, (ctx, _) in zip(lengths, batch, strict=True)) + 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                   use_cache=False, logits_to_keep=keep).logits
+    rows: list[int] = []
+    at: list[int] = []
+    owner: list[int] = []
+    n_cands = 0
+    for b, ((ctx, conts), n) in enumerate(zip(batch, lengths, strict=True)):
+        last = keep - 1 - (n - len(ctx))  # the row's last context token, in the kept window
+        start = last + 1
+        for cont in conts:
+            rows += [b] * len(cont)
+            at += [last, *range(start, start + len(cont) - 1)]
+            owner += [n_cands] * len(cont)
+            start += len(cont) - 1
+            n_cands += 1
+    targets = torch.tensor([t for _, conts in batch for cont in conts for t in cont], device=device)
+    picked = logits[torch.tensor(rows, device=device), torch.tensor(at, device=device)].float()
+    logprobs = picked.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(picked, dim=-1)
+    sums = torch.zeros(n_cands, dtype=torch.float64, device=device)
+    sums = sums.index_add_(0, torch.tensor(owner, device=device), logprobs.double()).tolist()
+    out, k = [], 0
+    for _, conts in batch:
+        out.append([CandidateScore(sums[k + j], len(cont)) for j, cont in enumerate(conts)])
+        k += len(conts)
+    return out
+
+
 MAX_BATCH_LOGITS = 2**28  # output-layer elements per candidate pass (1 GiB in fp32), whatever batch_size says
 
 
@@ -306,9 +420,15 @@ def score_candidates(
     max_logits: int = MAX_BATCH_LOGITS,
     special_tokens: str = "tokenizer",
     max_length: int | None = None,
+    method: Literal["auto", "packed", "kv"] = "auto",
 ) -> list[list[CandidateScore]]:
     """Scores of every candidate of every (prompt, candidates) group, in the input order, read as :func:`reading`
     says (start tokens by ``special_tokens``; contexts cut to the model's positions or ``max_length`` if lower).
+
+    ``method``: ``packed`` runs each example as one row (context, then every candidate but its last token, under an
+    attention mask that lets each candidate see only the context and itself); ``kv`` runs the contexts, then the
+    candidates on a copy of their KV cache; ``auto`` (default) packs the architectures in
+    :data:`PACKED_MODEL_TYPES`. Both give :func:`score_reference`'s scores to float precision.
 
     ``batch_size`` counts examples; their candidates ride along, within a memory bound of ``max_logits``
     output-layer elements per batch (:func:`plan_batches`). Examples are sorted by length (longest first, so an
@@ -316,6 +436,9 @@ def score_candidates(
     """
     from tqdm.auto import tqdm
 
+    if method not in ("auto", "packed", "kv"):
+        raise ValueError(f"unknown scoring method {method!r}; accepted: 'auto', 'packed', 'kv'")
+    packed = method == "packed" or (method == "auto" and _packable(model))
     read = reading(model, tokenizer, special_tokens, max_length)
     encoded: list[list[tuple[list[int], list[int], bool]]] = []
     for prompt, candidates in groups:
@@ -333,13 +456,17 @@ def score_candidates(
             by_ctx.setdefault(tuple(ctx), []).append(j)
         for ctx, idxs in by_ctx.items():
             units.append((g, idxs, list(ctx), [pairs[j][2] for j in idxs]))
-    order = sorted(range(len(units)), key=lambda u: -len(units[u][2]))
+    # longest first (packed: the whole row), so batches are of like lengths and an out-of-memory error shows at once
+    order = sorted(range(len(units)), key=lambda u: -len(units[u][2]) - packed * sum(len(c) - 1 for c in units[u][3]))
+    score_batch = _score_packed if packed else _score_batch
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[list[CandidateScore | None]] = [[None] * len(pairs) for pairs in encoded]
     bar = tqdm(total=len(units), desc="scoring", unit="prompt", disable=not progress)
-    for planned in plan_batches(units, order, batch_size, _vocab_size(model, tokenizer), max_logits):
+    # a packed row keeps logits for its candidates' tokens and its last context token: planned as one such candidate
+    plan = [(g, i, c, [[0] * (1 + sum(len(t) - 1 for t in ts))]) for g, i, c, ts in units] if packed else units
+    for planned in plan_batches(plan, order, batch_size, _vocab_size(model, tokenizer), max_logits):
         chunk = [units[u] for u in planned]
-        scored = _score_batch(model, pad_id, [(ctx, conts) for _, _, ctx, conts in chunk])
+        scored = score_batch(model, pad_id, [(ctx, conts) for _, _, ctx, conts in chunk])
         for (g, idxs, _, _), scores in zip(chunk, scored, strict=True):
             for j, s in zip(idxs, scores, strict=True):
                 results[g][j] = CandidateScore(s.sum_logprob, s.n_tokens, encoded[g][j][1])

