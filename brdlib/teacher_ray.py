@@ -222,7 +222,8 @@ def vllm_processor(cfg: Config, role: str, params: dict[str, DecodingParams]) ->
     path = str(ensure_converted(spec.source)) if spec.kind == "embedded" else spec.source
     engine = vllm_engine_kwargs(path, seed=cfg.seed, dtype=cfg.resolved_dtype(),
                                 gpu_memory_utilization=r.gpu_memory_utilization or t.vllm_gpu_memory_utilization,
-                                enforce_eager=bool(t.vllm_enforce_eager))
+                                enforce_eager=t.vllm_enforce_eager if t.vllm_enforce_eager is not None
+                                else cfg.resolved_device() == "cpu")  # as the local engine: eager on CPU
     engine.pop("model")
     engine["tensor_parallel_size"] = r.tensor_parallel_size
     extra: dict[str, Any] = {}
