@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -195,6 +196,24 @@ def measure_generation(sizes: Sizes, device: str) -> dict[str, Any]:
             "prefix_caching": kwargs.get("enable_prefix_caching")}
 
 
+def make_requests(n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """Multiple-choice requests shaped like Table 9's (NLI with three candidates, sentiment with two), built here so
+    the GPU check needs no data mirror."""
+    rng = random.Random(seed)
+    subjects = ["The committee", "A small dog", "The new bridge", "My neighbour", "The museum", "Our team"]
+    verbs = ["approved the plan", "crossed the river", "opened last spring", "won the final", "closed early"]
+    groups = []
+    for i in range(n):
+        s, v = rng.choice(subjects), rng.choice(verbs)
+        extra = " ".join(rng.choice(["really", "quite", "very", "almost", "never"]) for _ in range(rng.randint(0, 30)))
+        if i % 2:
+            groups.append((f"{s} {v} {extra}. Question: {s} {rng.choice(verbs)}. True, False or Neither? Answer:",
+                           [" True", " False", " Neither"]))
+        else:
+            groups.append((f"{s} {v}, {extra} It was", [" great", " terrible"]))
+    return groups
+
+
 def measure_scoring(sizes: Sizes, device: str) -> dict[str, Any]:
     """brdlib's scorer against lm-eval's HFLM.loglikelihood on the same requests, model and batch size."""
     try:
@@ -202,8 +221,6 @@ def measure_scoring(sizes: Sizes, device: str) -> dict[str, Any]:
         from lm_eval.models.huggingface import HFLM
     except ImportError:
         return {"skipped": "lm-eval is not installed (pip install 'brdlib[bench]')"}
-    from scoring_throughput import make_requests
-
     from brdlib.models import tiny_tokenizer
     from brdlib.scoring import score_candidates
 
