@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKENDS", "VLLM_CHILD_CONNECT_S", "Backend", "DecodingParams", "Generation", "LlamaCppBackend",
     "TransformersBackend", "VllmBackend", "VllmEngine", "check_vllm_python", "cut_at_stop", "llamacpp_available",
-    "llamacpp_request", "make_backend", "naive_generate", "resolve_backend_name", "vllm_available",
-    "vllm_child_main", "vllm_cpu_env", "vllm_engine_kwargs", "vllm_generation", "vllm_sampling_kwargs",
+    "llamacpp_request", "make_backend", "naive_generate", "resolve_backend_name", "vllm_available", "vllm_child_main",
+    "vllm_cpu_env", "vllm_engine_kwargs", "vllm_generation", "vllm_model_path", "vllm_sampling_kwargs",
 ]
 
 BACKENDS = ("transformers", "llamacpp", "vllm")
@@ -753,6 +753,15 @@ def resolve_backend_name(cfg: Config, role: str = "teacher") -> str:
     return "transformers"
 
 
+def vllm_model_path(spec: str) -> str:
+    """What vLLM loads for a model spec: an embedded model's converted folder, a hub id or a directory as it is."""
+    resolved = resolve_spec(spec)
+    if resolved.kind == "tiny-random":
+        raise ValueError("backend 'vllm' cannot build tiny-random models (vLLM reads a model directory); use "
+                         "teacher.backend=transformers, or a tiny-random-llama teacher")
+    return str(ensure_converted(resolved.source)) if resolved.kind == "embedded" else resolved.source
+
+
 def make_backend(cfg: Config, role: str = "teacher", backend: str | None = None) -> Backend:
     """Load the model of ``role`` into the backend the profile asks for (or ``backend``)."""
 
@@ -775,11 +784,7 @@ def make_backend(cfg: Config, role: str = "teacher", backend: str | None = None)
             )
         return LlamaCppBackend(gguf_path(resolved.source), spec, batch_size=t.batch_size,
                                n_threads=t.llamacpp_threads, seed=cfg.seed, n_slots=t.llamacpp_slots)
-    if resolved.kind == "tiny-random":
-        raise ValueError("backend 'vllm' cannot build tiny-random models (vLLM reads a model directory); use "
-                         "teacher.backend=transformers, or a tiny-random-llama teacher")
-    path = str(ensure_converted(resolved.source)) if resolved.kind == "embedded" else resolved.source
-    return VllmBackend(path, spec, batch_size=t.batch_size, seed=cfg.seed, dtype=cfg.resolved_dtype(),
+    return VllmBackend(vllm_model_path(spec), spec, batch_size=t.batch_size, seed=cfg.seed, dtype=cfg.resolved_dtype(),
                        device=cfg.resolved_device(), gpu_memory_utilization=t.vllm_gpu_memory_utilization,
                        max_in_flight=t.vllm_max_in_flight, child_process=t.vllm_child_process,
                        cpu_kv_cache_gib=t.vllm_cpu_kv_cache_gib, enforce_eager=t.vllm_enforce_eager,

@@ -45,10 +45,9 @@ from brdlib.backends import (
     make_backend,
     resolve_backend_name,
     vllm_engine_kwargs,
+    vllm_model_path,
     vllm_sampling_kwargs,
 )
-from brdlib.embedded import ensure_converted
-from brdlib.models import resolve_spec
 from brdlib.prompts import get_template
 from brdlib.records import TeacherItem
 from brdlib.store import write_text_atomic
@@ -215,11 +214,7 @@ def vllm_processor(cfg: Config, role: str, params: dict[str, DecodingParams]) ->
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     t, r = cfg.teacher, cfg.teacher.ray
-    spec = resolve_spec(cfg.models.roles()[role])
-    if spec.kind == "tiny-random":
-        raise ValueError("teacher.engine=ray with vllm cannot build tiny-random models; use "
-                         "teacher.backend=transformers")
-    path = str(ensure_converted(spec.source)) if spec.kind == "embedded" else spec.source
+    path = vllm_model_path(cfg.models.roles()[role])
     engine = vllm_engine_kwargs(path, seed=cfg.seed, dtype=cfg.resolved_dtype(),
                                 gpu_memory_utilization=r.gpu_memory_utilization or t.vllm_gpu_memory_utilization,
                                 enforce_eager=t.vllm_enforce_eager if t.vllm_enforce_eager is not None
