@@ -6,8 +6,11 @@ Both score the same (prompt, candidate) requests of real task examples (``brdlib
 profile: the data mirror, the paper's Table 9 templates and BIG-bench's own) with the same model in float32 on the
 CPU, in this run, interleaved, best of ``--repeats``, on ``--threads`` torch threads. Both read the requests alike
 (``brdlib.scoring``'s docstring: the tokenizer's start tokens, lm-eval >= 0.4.10). Both get ``--batch-size``: ours
-counts examples (their candidates ride along), lm-eval requests (one candidate each; on this CPU lm-eval is no
-faster at 2-5x larger batches, whose full-vocabulary logits run to gigabytes).
+counts examples (their candidates ride along) and is an upper bound: brdlib cuts a batch where padding short
+examples to its longest would cost more than a pass of their own (``brdlib.scoring.plan_batches``; the pass's cost,
+measured here, is printed first); lm-eval counts requests, one candidate each, grouping one-token candidates of one
+context into one row (on this CPU lm-eval is no faster at 2-5x larger batches, whose full-vocabulary logits run to
+gigabytes).
 
 Per task it prints the seconds of each, the ratio, the largest |Δ log-likelihood| and both accuracies (sum rule,
 lm-eval's ``acc``). Targets (issue 19): ratio >= 3 on multi-token tasks (long shared contexts, several multi-token
@@ -57,6 +60,25 @@ def bench_task(model, tokenizer, examples, batch_size: int, repeats: int, method
             "acc_ours": acc_ours / len(examples), "acc_lm": acc_lm / len(examples)}
 
 
+def pass_cost_tokens(model, repeats: int = 5) -> tuple[float, float, float]:
+    """What one forward pass costs beyond its tokens, in token positions: ``(t(1) - per_token) / per_token`` from the
+    best times of a 1- and a 65-token pass (``brdlib.scoring.CPU_PASS_TOKENS`` is this figure for SmolLM2-135M)."""
+    def best(n: int) -> float:
+        ids = torch.full((1, n), 100, dtype=torch.long)
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                times.append(time.perf_counter() - start)
+        return min(times)
+
+    one, many = best(1), best(65)
+    per_token = (many - one) / 64
+    return (one - per_token) / per_token, one, per_token
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -71,12 +93,16 @@ def main() -> None:
 
     from brdlib.config import load_config
     from brdlib.models import load_model
+    from brdlib.scoring import CPU_PASS_TOKENS
     from brdlib.tasks import load_examples
 
     cfg = load_config("smoke", [f"data.max_examples_per_task={args.n}"])
     loaded = load_model(args.model, dtype="float32")
     print(f"model {args.model} (float32, CPU), {torch.get_num_threads()} threads, batch {args.batch_size} examples, "
           f"method {args.method}, best of {args.repeats}")
+    cost, one, per_token = pass_cost_tokens(loaded.model)
+    print(f"one pass costs {cost:.0f} token positions beyond its tokens ({one * 1e3:.0f} ms for 1 token, "
+          f"{per_token * 1e3:.2f} ms per further token; brdlib.scoring.CPU_PASS_TOKENS = {CPU_PASS_TOKENS})")
     for task in args.tasks.split(","):
         examples = load_examples(cfg, task, "test")
         ctx = sum(len(loaded.tokenizer(e.prompt)["input_ids"]) for e in examples) / len(examples)

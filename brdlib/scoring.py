@@ -55,8 +55,8 @@ from brdlib.models import max_positions
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MAX_BATCH_LOGITS", "PACKED_MODEL_TYPES", "SPECIAL_TOKENS", "TIE_BREAKS", "CandidateScore", "Reading",
-    "ScoreCache", "ScoringError",
+    "CPU_PASS_TOKENS", "MAX_BATCH_LOGITS", "PACKED_MODEL_TYPES", "SPECIAL_TOKENS", "TIE_BREAKS", "CandidateScore",
+    "Reading", "ScoreCache", "ScoringError",
     "TextProb", "TextProbCache", "encode_pair", "encode_text", "fit_pair", "fit_windows", "model_fingerprint",
     "model_max_length", "plan_batches", "predict", "reading", "score_candidates", "score_examples", "score_reference",
     "template_tokens", "text_probs", "tie_key", "tied", "token_logprobs",
@@ -322,16 +322,16 @@ def _packed_rows(batch: list[tuple[list[int], list[list[int]]]], pad_id: int,
 def _score_contexts(model: Any, pad_id: int,
                     batch: list[tuple[list[int], list[list[int]]]]) -> list[list[CandidateScore]]:
     """Single-token candidates: the contexts right-padded and run under plain causal attention (padding only follows
-    a context, so no mask is needed), logits kept at the contexts' last tokens only."""
+    a context, so no mask is needed); the output layer runs on each context's last hidden state only."""
     device = _device(model)
     width = max(len(ctx) for ctx, _ in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     for b, (ctx, _) in enumerate(batch):
         ids[b, : len(ctx)] = torch.tensor(ctx)
-    ends = sorted({len(ctx) - 1 for ctx, _ in batch})
-    logits = model(input_ids=ids.to(device), use_cache=False, logits_to_keep=torch.tensor(ends, device=device)).logits
-    column = torch.tensor([ends.index(len(ctx) - 1) for ctx, _ in batch], device=device)
-    last = torch.log_softmax(logits[torch.arange(len(batch), device=device), column].float(), dim=-1)
+    hidden = model.base_model(input_ids=ids.to(device), use_cache=False).last_hidden_state
+    ends = torch.tensor([len(ctx) - 1 for ctx, _ in batch], device=device)
+    logits = model.get_output_embeddings()(hidden[torch.arange(len(batch), device=device), ends])
+    last = torch.log_softmax(logits.float(), dim=-1)
     rows = torch.tensor([b for b, (_, conts) in enumerate(batch) for _ in conts], device=device)
     picked = last[rows, torch.tensor([cont[0] for _, conts in batch for cont in conts], device=device)].tolist()
     out, k = [], 0
@@ -380,28 +380,48 @@ def _score_packed(model: Any, pad_id: int,
 
 
 MAX_BATCH_LOGITS = 2**28  # output-layer elements per candidate pass (1 GiB in fp32), whatever batch_size says
+CPU_PASS_TOKENS = 40
+"""What one forward pass costs on a CPU beyond its tokens, in token positions (reading every weight once: SmolLM2-135M,
+float32, 2 threads, 57 ms = 44 tokens' worth; ``bench/scoring_throughput.py`` prints it for a model): the price
+:func:`plan_batches` weighs padding against. On accelerators batches are not cut for padding (no figure measured)."""
 
 
 def plan_batches(units: Sequence[tuple[Any, Any, list[int], list[list[int]]]], order: Sequence[int],
-                 batch_size: int, vocab_size: int, max_logits: int = MAX_BATCH_LOGITS) -> list[list[int]]:
-    """Split ``order`` (unit indices) into batches of at most ``batch_size`` prompts whose candidate pass
-    (candidates x longest candidate x vocabulary logits) stays within ``max_logits``; a prompt whose candidates
-    alone exceed it gets a batch of its own. Without this bound, 8 BIG-bench prompts with 10 candidates of
-    ~300 tokens each ask a 152K-vocabulary model for ~15 GB of logits."""
+                 batch_size: int, vocab_size: int, max_logits: int = MAX_BATCH_LOGITS,
+                 lengths: Sequence[int] | None = None, pass_tokens: float | None = None) -> list[list[int]]:
+    """Split ``order`` (unit indices, longest row first) into consecutive batches of at most ``batch_size`` prompts
+    whose candidate pass (candidates x longest candidate x vocabulary logits) stays within ``max_logits``; a prompt
+    whose candidates alone exceed it gets a batch of its own. Without this bound, 8 BIG-bench prompts with 10
+    candidates of ~300 tokens each ask a 152K-vocabulary model for ~15 GB of logits.
+
+    Within these bounds: the fewest batches, or, given ``lengths`` (each unit's input row, in tokens) and
+    ``pass_tokens`` (what one forward pass costs beyond its tokens, in token positions), the batches of least cost
+    ``sum(pass_tokens + rows x longest row)`` -- a short prompt is padded to a long one's length only where that
+    costs less than a pass of its own. An exact dynamic programme over the order (O(len(order) x batch_size))."""
+    if pass_tokens is not None and pass_tokens < 0:
+        raise ValueError(f"pass_tokens={pass_tokens!r}: a cost in token positions, accepted >= 0 or None")
+    priced = lengths is not None and pass_tokens is not None
+    n = len(order)
+    best: list[float] = [0.0] + [float("inf")] * n  # best[i]: least cost of order[:i]
+    start = [0] * (n + 1)  # start[i]: where the last batch of that plan begins
+    for i in range(1, n + 1):
+        n_cands = longest = width = 0
+        for j in range(i - 1, max(i - batch_size, 0) - 1, -1):  # the last batch is order[j:i]
+            conts = units[order[j]][3]
+            n_cands += len(conts)
+            longest = max(longest, max(len(c) for c in conts))
+            if j < i - 1 and n_cands * longest * vocab_size > max_logits:
+                break
+            width = max(width, lengths[order[j]]) if priced else 0
+            cost = best[j] + (pass_tokens + (i - j) * width if priced else 1)
+            if cost < best[i]:
+                best[i], start[i] = cost, j
     batches: list[list[int]] = []
-    current: list[int] = []
-    n_cands = longest = 0
-    for u in order:
-        conts = units[u][3]
-        more, length = n_cands + len(conts), max(longest, max(len(c) for c in conts))
-        if current and (len(current) >= batch_size or more * length * vocab_size > max_logits):
-            batches.append(current)
-            current, more, length = [], len(conts), max(len(c) for c in conts)
-        current.append(u)
-        n_cands, longest = more, length
-    if current:
-        batches.append(current)
-    return batches
+    i = n
+    while i > 0:
+        batches.append(list(order[start[i]:i]))
+        i = start[i]
+    return batches[::-1]
 
 
 def _vocab_size(model: Any, tokenizer: Any) -> int:
@@ -421,6 +441,7 @@ def score_candidates(
     special_tokens: str = "tokenizer",
     max_length: int | None = None,
     method: Literal["auto", "packed", "kv"] = "auto",
+    pass_tokens: float | None = None,
 ) -> list[list[CandidateScore]]:
     """Scores of every candidate of every (prompt, candidates) group, in the input order, read as :func:`reading`
     says (start tokens by ``special_tokens``; contexts cut to the model's positions or ``max_length`` if lower).
@@ -432,7 +453,9 @@ def score_candidates(
 
     ``batch_size`` counts examples; their candidates ride along, within a memory bound of ``max_logits``
     output-layer elements per batch (:func:`plan_batches`). Examples are sorted by length (longest first, so an
-    out-of-memory error shows at once) and the results put back in order.
+    out-of-memory error shows at once) and the results put back in order. ``pass_tokens``: a forward pass's cost in
+    token positions, weighed against padding short examples to a batch's longest; ``None``: :data:`CPU_PASS_TOKENS`
+    on a CPU, on an accelerator no cut (batches of ``batch_size``).
     """
     from tqdm.auto import tqdm
 
@@ -457,14 +480,18 @@ def score_candidates(
         for ctx, idxs in by_ctx.items():
             units.append((g, idxs, list(ctx), [pairs[j][2] for j in idxs]))
     # longest first (packed: the whole row), so batches are of like lengths and an out-of-memory error shows at once
-    order = sorted(range(len(units)), key=lambda u: -len(units[u][2]) - packed * sum(len(c) - 1 for c in units[u][3]))
+    row_lengths = [len(ctx) + packed * sum(len(c) - 1 for c in conts) for _, _, ctx, conts in units]
+    order = sorted(range(len(units)), key=lambda u: -row_lengths[u])
     score_batch = _score_packed if packed else _score_batch
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[list[CandidateScore | None]] = [[None] * len(pairs) for pairs in encoded]
     bar = tqdm(total=len(units), desc="scoring", unit="prompt", disable=not progress)
     # a packed row keeps logits for its candidates' tokens and its last context token: planned as one such candidate
     plan = [(g, i, c, [[0] * (1 + sum(len(t) - 1 for t in ts))]) for g, i, c, ts in units] if packed else units
-    for planned in plan_batches(plan, order, batch_size, _vocab_size(model, tokenizer), max_logits):
+    if pass_tokens is None and _device(model).type == "cpu":
+        pass_tokens = CPU_PASS_TOKENS
+    for planned in plan_batches(plan, order, batch_size, _vocab_size(model, tokenizer), max_logits, row_lengths,
+                                pass_tokens):
         chunk = [units[u] for u in planned]
         scored = score_batch(model, pad_id, [(ctx, conts) for _, _, ctx, conts in chunk])
         for (g, idxs, _, _), scores in zip(chunk, scored, strict=True):

@@ -67,6 +67,46 @@ def test_batches_keep_the_candidate_pass_within_the_logit_budget():
     assert plan_batches(units, order, batch_size=8, vocab_size=10, max_logits=200) == [[0], [1, 2], [3]]
 
 
+def _plan_cost(batches, lengths, pass_tokens):
+    return sum(pass_tokens + len(b) * max(lengths[u] for u in b) for b in batches)
+
+
+def test_batches_weigh_padding_against_a_pass_and_find_the_cheapest_plan():
+    import itertools
+
+    from brdlib.scoring import plan_batches
+
+    lengths = [216, 186, 183, 166, 149, 133, 63, 55]  # BoolQ's first eight prompts under SmolLM2, longest first
+    units = [(u, [0, 1], [1] * n, [[5], [6]]) for u, n in enumerate(lengths)]
+    order = list(range(len(units)))
+    for batch_size, pass_tokens in [(8, 40), (8, 0), (3, 40), (8, 500), (4, 100)]:
+        plan = plan_batches(units, order, batch_size, vocab_size=10, lengths=lengths, pass_tokens=pass_tokens)
+        assert [u for b in plan for u in b] == order and all(len(b) <= batch_size for b in plan)
+        every = []  # every split of the order into consecutive batches of at most batch_size
+        for cuts in itertools.product([False, True], repeat=len(order) - 1):
+            bounds = [0, *(i + 1 for i, c in enumerate(cuts) if c), len(order)]
+            split = [order[a:b] for a, b in itertools.pairwise(bounds)]
+            if all(len(b) <= batch_size for b in split):
+                every.append(_plan_cost(split, lengths, pass_tokens))
+        assert _plan_cost(plan, lengths, pass_tokens) == min(every)
+    # a free pass: nothing is padded; a dear one: the fewest batches, as without lengths
+    assert plan_batches(units, order, 8, 10, lengths=lengths, pass_tokens=0) == [[u] for u in order]
+    assert plan_batches(units, order, 8, 10, lengths=lengths, pass_tokens=10**9) == [order]
+    assert plan_batches(units, order, 8, 10, lengths=lengths, pass_tokens=40) != [order]
+    with pytest.raises(ValueError, match="pass_tokens=-1"):
+        plan_batches(units, order, 8, 10, lengths=lengths, pass_tokens=-1)
+
+
+@pytest.mark.parametrize("method", ["packed", "kv"])
+def test_cutting_batches_for_padding_leaves_scores_as_they_are(tiny, method):
+    groups = GROUPS + [("Short.", [" a", " b c"]), ("A much longer prompt than the others, " * 4, [" yes", " no"])]
+    dear = score_candidates(tiny.model, tiny.tokenizer, groups, batch_size=16, method=method, pass_tokens=10**9)
+    free = score_candidates(tiny.model, tiny.tokenizer, groups, batch_size=16, method=method, pass_tokens=0)
+    for a, b in zip(dear, free, strict=True):
+        assert [s.n_tokens for s in a] == [s.n_tokens for s in b]
+        assert [s.sum_logprob for s in a] == pytest.approx([s.sum_logprob for s in b], abs=1e-4)
+
+
 def test_reference_is_a_real_log_probability(tiny):
     s = score_reference(tiny.model, tiny.tokenizer, "Paris is", " the capital")
     assert s.sum_logprob < 0 and s.n_tokens >= 1
