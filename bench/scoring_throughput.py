@@ -62,7 +62,7 @@ def bench_task(model, tokenizer, examples, batch_size: int, repeats: int, method
 
 def pass_cost_tokens(model, repeats: int = 5) -> tuple[float, float, float]:
     """What one forward pass costs beyond its tokens, in token positions: ``(t(1) - per_token) / per_token`` from the
-    best times of a 1- and a 65-token pass (``brdlib.scoring.CPU_PASS_TOKENS`` is this figure for SmolLM2-135M)."""
+    best times of a 1- and a 129-token pass (``brdlib.scoring.CPU_PASS_TOKENS`` is this figure for SmolLM2-135M)."""
     def best(n: int) -> float:
         ids = torch.full((1, n), 100, dtype=torch.long)
         with torch.no_grad():
@@ -74,8 +74,8 @@ def pass_cost_tokens(model, repeats: int = 5) -> tuple[float, float, float]:
                 times.append(time.perf_counter() - start)
         return min(times)
 
-    one, many = best(1), best(65)
-    per_token = (many - one) / 64
+    one, many = best(1), best(129)
+    per_token = (many - one) / 128
     return (one - per_token) / per_token, one, per_token
 
 
