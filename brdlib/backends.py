@@ -12,8 +12,11 @@ Greedy by default. transformers gives the same text for the same prompt, whateve
 a plain per-prompt ``generate``). llama.cpp gives the same texts for the same batches in every run: a batch
 goes to its server as one request, so its prompts are queued together and share decoding steps and slots
 the same way each time (submitted from one thread per prompt, arrival order varied them: 43 of 48
-responses equal between two runs); a resumed run forms the same batches (``brdlib.teacher``), so its texts
-equal an uninterrupted run's.
+responses equal between two runs). But each slot reuses the KV cache of its previous prompt, computed beside
+other prompts, so a batch's texts also depend on the batches its server ran before: the same sequence of batches
+on a fresh server gives the same texts; a resumed run, whose fresh server starts at the first missing batch, may
+word its first batches differently from an uninterrupted run (3 of tiny's 6 batches read differently on a fresh
+server than after the earlier ones, measured with SmolLM2). Records, keys and cleaning are the same either way.
 
     from brdlib.backends import DecodingParams, make_backend
     backend = make_backend(cfg)                       # cfg.teacher.backend, 'auto' resolved

@@ -8,8 +8,9 @@ Outputs are JSONL shards under :func:`teacher_output_dir`, one file per (behavio
 batch at a time and fsynced. Each record is keyed by a hash of (model, prompt template, decoding
 parameters, sentence); a sentence that occurs twice is generated once. A killed run restarts where it
 stopped: finished records are read back and skipped, a torn last line is discarded and regenerated,
-and a partly finished batch is regenerated whole so the batches, hence the texts, are those of an
-uninterrupted run. vLLM is fed a stream instead (every missing prompt; each record written as it finishes,
+and a partly finished batch is regenerated whole so the batches are those of an uninterrupted run (with
+transformers, hence its texts too; llama.cpp's texts also depend on the batches its server ran before,
+see :mod:`brdlib.backends`). vLLM is fed a stream instead (every missing prompt; each record written as it finishes,
 fsynced ``batch_size`` at a time): a resumed vLLM run asks only for the records not on disk.
 ``shard=i/N`` (``teacher.shard``) gives machine ``i`` the passages whose id hashes to
 ``i`` mod ``N``; copying the shard files of all machines into one directory gives the whole corpus.
@@ -406,7 +407,7 @@ def _run_behaviour(
 def _batch_missing(plan: BehaviourPlan, backend: Backend, template: PromptTemplate, dp: DecodingParams,
                    st: BehaviourStats, write: Callable[[list[dict[str, Any]]], None]) -> None:
     """Fixed batches over every distinct key; a batch with anything missing is generated whole, so a resumed run
-    forms the batches, hence the texts, of an uninterrupted one."""
+    forms the batches of an uninterrupted one (the same texts with transformers; see :mod:`brdlib.backends`)."""
     for batch in cut_batches(plan.order, backend.batch_size):
         if not plan.missing.intersection(batch):
             continue
