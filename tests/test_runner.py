@@ -1,8 +1,6 @@
-"""run_all's list, failure reporting, the command line and run_all.sh itself."""
+"""run_all's list, failure reporting, the command line, model preparation (run_all.sh itself: test_repeatable)."""
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import nbformat
@@ -101,16 +99,6 @@ def test_cli_treats_a_leading_override_as_the_default_profile(monkeypatch):
 
 
 @pytest.mark.slow
-def test_run_all_sh_on_tiny(tmp_path):
-    """The README's run command, on the tiny profile, end to end through the shell script."""
-    env = {**os.environ, "BRD_NO_VENV": os.environ.get("BRD_NO_VENV", "1")}
-    proc = subprocess.run([str(REPO_ROOT / "run_all.sh"), "tiny", f"output_root={tmp_path}"],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "00_setup.ipynb" in proc.stdout and "00_models.md" in proc.stdout and "total" in proc.stdout
-    assert (tmp_path / "runs" / "tiny" / "00_setup.ipynb").is_file()
-
-
 def test_peak_memory_counts_a_child_process():
     """A notebook's kernel is a child of the runner: its memory is part of the notebook's peak."""
     import subprocess
