@@ -487,7 +487,8 @@ def score_candidates(
     results: list[list[CandidateScore | None]] = [[None] * len(pairs) for pairs in encoded]
     bar = tqdm(total=len(units), desc="scoring", unit="prompt", disable=not progress)
     # a packed row keeps logits for its candidates' tokens and its last context token: planned as one such candidate
-    plan = [(g, i, c, [[0] * (1 + sum(len(t) - 1 for t in ts))]) for g, i, c, ts in units] if packed else units
+    plan = [(g, i, c, [[0] * (1 + n - len(c))]) for (g, i, c, _), n in zip(units, row_lengths, strict=True)] \
+        if packed else units
     if pass_tokens is None and _device(model).type == "cpu":
         pass_tokens = CPU_PASS_TOKENS
     for planned in plan_batches(plan, order, batch_size, _vocab_size(model, tokenizer), max_logits, row_lengths,

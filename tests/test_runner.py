@@ -98,7 +98,6 @@ def test_cli_treats_a_leading_override_as_the_default_profile(monkeypatch):
     assert seen == {"profile": "smoke", "overrides": ["seed=3"]}
 
 
-@pytest.mark.slow
 def test_peak_memory_counts_a_child_process():
     """A notebook's kernel is a child of the runner: its memory is part of the notebook's peak."""
     import subprocess
